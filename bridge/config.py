@@ -1,0 +1,431 @@
+"""One typed configuration object for every hop.
+
+Sources, lowest precedence first: built-in defaults, the TOML file given with
+``--config``, the environment (``D4BRIDGE_<SECTION>_<KEY>``, or
+``D4BRIDGE_<KEY>`` for top-level keys), then command-line flags. Unknown keys
+and bad values are refused at start with a message naming the key and the
+expected form. Secrets (HMAC keys) are held in ``Secret`` objects that never
+print their value; key files are read, never logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "D4BRIDGE_"
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used."""
+
+
+class Secret:
+    """A secret byte string that never shows itself in logs, reprs or errors."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes | str) -> None:
+        self._value = value.encode() if isinstance(value, str) else bytes(value)
+
+    def reveal(self) -> bytes:
+        """Return the secret bytes (only where they are used, e.g. to compute an HMAC)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+# --- value checks: each returns the normalized value or raises ValueError(expected form)
+
+
+def host_port(value: str) -> str:
+    """``host:port`` or ``[v6]:port`` with a port in 1..65535."""
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("host:port (e.g. 127.0.0.1:4443 or [::1]:4443)")
+    return str(value)
+
+
+def host_port_list(value: str) -> str:
+    """Comma-separated ``host:port`` list (Kafka bootstrap servers)."""
+    parts = [p.strip() for p in str(value).split(",") if p.strip()]
+    if not parts:
+        raise ValueError("host:port[,host:port...]")
+    for part in parts:
+        host_port(part)
+    return ",".join(parts)
+
+
+def cidr_list(value: str | list[str]) -> list[str]:
+    """CIDR prefixes, comma-separated or as a list."""
+    items = value if isinstance(value, list) else [v.strip() for v in str(value).split(",") if v.strip()]
+    try:
+        return [str(ipaddress.ip_network(v, strict=False)) for v in items]
+    except ValueError:
+        raise ValueError("CIDR[,CIDR...] (e.g. 10.0.0.0/8,2001:db8::/32)") from None
+
+
+def port_number(value: int) -> int:
+    """TCP port 0..65535 (0 = off)."""
+    if not 0 <= int(value) < 65536:
+        raise ValueError("a port number 0..65535 (0 = off)")
+    return int(value)
+
+
+def positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("a positive number")
+    return value
+
+
+def redis_url(value: str) -> str:
+    if not str(value).startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("redis://HOST:PORT/DB")
+    return str(value)
+
+
+def log_level(value: str) -> str:
+    v = str(value).upper()
+    if v not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("one of debug, info, warning, error")
+    return v
+
+
+def uuid_text(value: str) -> str:
+    import uuid as _uuid
+
+    try:
+        return _uuid.UUID(str(value)).hex
+    except ValueError:
+        raise ValueError("a UUID (with or without dashes)") from None
+
+
+def opt(default: Any, doc: str, check: typing.Callable[[Any], Any] | None = None, secret: bool = False) -> Any:
+    """A config field with its documentation and value check."""
+    factory = (lambda: type(default)(default)) if isinstance(default, (list, dict)) else None
+    meta = {"doc": doc, "check": check, "secret": secret}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class KafkaConfig:
+    """Kafka connection and client tuning shared by every hop."""
+
+    bootstrap: str = opt("127.0.0.1:9092", "Kafka bootstrap servers, host:port[,host:port]", host_port_list)
+    session_timeout_ms: int = opt(10000, "consumer group session timeout")
+    heartbeat_interval_ms: int = opt(1000, "consumer group heartbeat interval")
+    linger_ms: int = opt(20, "producer batching delay; batches are already large, keep latency low")
+    compression: str = opt("lz4", "producer compression codec (none, lz4, zstd, gzip, snappy)")
+    queue_max_kbytes: int = opt(65536, "producer local queue bound; produce() blocks when it is full")
+    statistics_interval_ms: int = opt(5000, "librdkafka statistics period (lag and queue gauges); 0 = off")
+    extra: dict = opt({}, "raw librdkafka properties added to every client (e.g. security.protocol)")
+
+
+@dataclass
+class BrokerConfig:
+    listen: str = opt("127.0.0.1:9092", "address the embedded broker listens on", host_port)
+
+
+@dataclass
+class TopicsConfig:
+    partitions: int = opt(3, "partitions per standard topic", positive)
+    replication: int = opt(1, "replication factor", positive)
+
+
+@dataclass
+class IngressConfig:
+    listen: str = opt("0.0.0.0:4443", "D4 server listen address", host_port)
+    cert: str = opt("", "PEM file holding the server certificate and key (d4-core server.pem)")
+    no_tls: bool = opt(False, "serve plain TCP (loopback tests only)")
+    hmac_key: Secret | None = opt(None, "default HMAC key for sensors without their own", secret=True)
+    keys: str = opt("", "file of 'uuid = key' lines")
+    redis: str = opt("", "d4-core metadata Redis for per-sensor keys (redis://HOST:PORT/DB)")
+    registration: bool = opt(False, "accept only sensors listed in the keys file / registered_uuid")
+    blacklist_uuid: list = opt([], "refused sensor uuids")
+    blacklist_ip: list = opt([], "refused peer addresses or prefixes", cidr_list)
+    accepted_types: list = opt([1, 2, 4, 8, 254], "accepted D4 types")
+    topic: str = opt("d4.pcap", "topic for pcap batches")
+    records_topic: str = opt("d4.records", "topic for non-pcap D4 types")
+    idle_timeout: float = opt(300.0, "seconds without data before a session is closed", positive)
+    batch_bytes: int = opt(262144, "close a batch at this size", positive)
+    batch_age: float = opt(0.1, "close a batch at this age (seconds)", positive)
+    max_sessions: int = opt(512, "open connections at most (bounds memory: ~1.3 MB each worst case)", positive)
+    max_inflight_bytes: int = opt(32 * 1024 * 1024, "record bytes awaiting broker acks before reading pauses",
+                                  positive)
+
+
+@dataclass
+class QueueConfig:
+    redis: str = opt("redis://127.0.0.1:6380/2", "d4-core analyzer Redis", redis_url)
+    queue_uuid: str = opt("", "analyzer queue uuid")
+    type: str = opt("1", "D4 type or extended type name of the queue")
+    topic: str = opt("d4.pcap", "topic for pcap batches")
+    records_topic: str = opt("d4.records", "topic for line items")
+    consumer: str = opt("", "name of this consumer's processing list (default: hostname-pid)")
+    create_queue: bool = opt(False, "register the queue the way the d4-core UI does, then exit")
+
+
+@dataclass
+class SanitizeConfig:
+    in_topic: str = opt("d4.pcap", "input topic")
+    out_topic: str = opt("d4.pcap.sanitized", "output topic")
+    pnat: str = opt("", "tcprewrite --pnat pairs FROM:TO[,FROM:TO]")
+    srcipmap: str = opt("", "tcprewrite --srcipmap pairs")
+    dstipmap: str = opt("", "tcprewrite --dstipmap pairs")
+    cryptopan_key: str = opt("", "32-byte Crypto-PAn key file")
+    policy: str = opt("", "TOML sanitization policy file")
+    workers: int = opt(1, "sanitizer processes to run", positive)
+    group: str = opt("d4-bridge-sanitize", "consumer group")
+    input: str = opt("", "sanitize-file: input pcap")
+    output: str = opt("", "sanitize-file: output pcap")
+
+
+@dataclass
+class EgressConfig:
+    server: str = opt("", "public D4 server host:port")
+    uuid: str = opt("", "upstream sensor uuid of this site")
+    hmac_key: Secret | None = opt(None, "upstream HMAC key", secret=True)
+    identity_map: str = opt("", "TOML map internal sensor -> upstream uuid/key")
+    topic: str = opt("d4.pcap.sanitized", "sanitized input topic")
+    ca: str = opt("", "CA file to verify the server certificate")
+    insecure: bool = opt(False, "do not verify the server certificate")
+    no_tls: bool = opt(False, "plain TCP (loopback tests only)")
+    frame_size: int = opt(65536, "largest D4 frame payload", positive)
+    group: str = opt("d4-bridge-egress", "consumer group")
+
+
+@dataclass
+class AnalyzeConfig:
+    telescope: list = opt([], "monitored prefixes CIDR[,CIDR]", cidr_list)
+    topic: str = opt("d4.pcap", "input topic")
+    out_topic: str = opt("d4.backscatter", "event topic")
+    profile: str = opt("default", "threshold profile: default or small")
+    group: str = opt("d4-bridge-analyze", "consumer group")
+
+
+@dataclass
+class SinkConfig:
+    dir: str = opt("", "output directory (d4-core layout)")
+    redis: str = opt("", "analyzer Redis to LPUSH finished files to")
+    queue_uuid: str = opt("", "analyzer queue uuid")
+    topic: str = opt("d4.pcap", "input topic")
+    rotate_seconds: float = opt(300.0, "file rotation period", positive)
+    group: str = opt("d4-bridge-sink", "consumer group")
+
+
+@dataclass
+class SendConfig:
+    server: str = opt("", "D4 server host:port")
+    uuid: str = opt("", "sensor uuid")
+    hmac_key: Secret | None = opt(None, "HMAC key", secret=True)
+    confdir: str = opt("", "d4-goclient / C client configuration directory")
+    type: int = opt(0, "D4 type (0 = the conf dir's type, else 1)")
+    ca: str = opt("", "CA file to verify the server certificate")
+    insecure: bool = opt(False, "do not verify the server certificate")
+    no_tls: bool = opt(False, "plain TCP (loopback tests only)")
+    file: str = opt("-", "input file, '-' for stdin")
+    frame_size: int = opt(0, "largest frame payload (0 = the conf dir's snaplen, else 65535)")
+    resend_buffer: int = opt(16 * 1024 * 1024, "bytes kept for resending after a reconnect", positive)
+    resend_grace: float = opt(2.0, "seconds acknowledged data stays resendable (server crash window)")
+    ack_timeout: float = opt(30.0, "seconds to wait at the end for the server to acknowledge everything",
+                             positive)
+
+
+@dataclass
+class ExportConfig:
+    topic: str = opt("d4.pcap.sanitized", "topic to export")
+    pcap: str = opt("", "output pcap file")
+    from_beginning: bool = opt(False, "start at the earliest offset")
+    idle_exit: float = opt(0.0, "exit after this many idle seconds (0 = never)")
+
+
+@dataclass
+class LeakcheckConfig:
+    orig: str = opt("", "original pcap")
+    sanitized: str = opt("", "sanitized pcap")
+    private: list = opt([], "private prefixes CIDR[,CIDR]", cidr_list)
+
+
+@dataclass
+class DemoConfig:
+    json: bool = opt(False, "print the summary as one JSON object")
+    seconds: float = opt(20.0, "traffic duration", positive)
+
+
+@dataclass
+class Config:
+    """The whole configuration of a d4-bridge process."""
+
+    site: str = opt("site", "name of this site, stamped on every record")
+    metrics_port: int = opt(0, "port of the /metrics endpoint (0 = off)", port_number)
+    log_level: str = opt("INFO", "log level", log_level)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    ingress: IngressConfig = field(default_factory=IngressConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    sanitize: SanitizeConfig = field(default_factory=SanitizeConfig)
+    egress: EgressConfig = field(default_factory=EgressConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    send: SendConfig = field(default_factory=SendConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    leakcheck: LeakcheckConfig = field(default_factory=LeakcheckConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+    def describe(self) -> dict[str, Any]:
+        """The configuration as a dict for logging, secrets masked."""
+        return dataclasses.asdict(self, dict_factory=lambda kv: {k: (repr(v) if isinstance(v, Secret) else v) for k, v in kv})
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.default_factory is not dataclasses.MISSING
+                 and dataclasses.is_dataclass(f.default_factory))
+
+
+def _coerce(key: str, f: dataclasses.Field, value: Any, hints: dict[str, Any]) -> Any:
+    """Convert a raw value (TOML, env string or flag) to the field's type and check it."""
+    hint = hints[f.name]
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if origin in (typing.Union, types.UnionType) and args else (origin or hint)
+    try:
+        if f.metadata.get("secret"):
+            value = None if value in (None, "") else (value if isinstance(value, Secret) else Secret(value))
+        elif base is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError("true or false")
+                value = low in ("1", "true", "yes", "on")
+            elif not isinstance(value, bool):
+                raise ValueError("true or false")
+        elif base is int:
+            if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
+                raise ValueError("an integer")
+            value = int(value)
+        elif base is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError("a number")
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError("a number") from None
+        elif base is list:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list):
+                raise ValueError("a list or a comma-separated string")
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else []  # type: ignore[misc]
+            if default and all(isinstance(d, int) for d in default):
+                if not all(str(v).strip().isdigit() for v in value):
+                    raise ValueError("a list of integers")
+                value = [int(v) for v in value]
+        elif base is dict:
+            if not isinstance(value, dict):
+                raise ValueError("a table of key = value")
+        elif base is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError("a string")
+            value = str(value)
+        check = f.metadata.get("check")
+        if check is not None and value not in (None, "", []):
+            value = check(value)
+    except ValueError as exc:
+        shown = "***" if f.metadata.get("secret") else repr(value)
+        raise ConfigError(f"{key}: expected {exc}, got {shown}") from None
+    return value
+
+
+def _apply(target: Any, prefix: str, values: Mapping[str, Any], origin: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
+    for raw_key, value in values.items():
+        name = raw_key.replace("-", "_")
+        key = f"{prefix}{name}"
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{origin}: unknown key '{key}' (known here: {known})")
+        f = fields[name]
+        current = getattr(target, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: '{key}' must be a table [{key}]")
+            _apply(current, f"{key}.", value, origin)
+        else:
+            setattr(target, name, _coerce(key, f, value, hints))
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """Map ``D4BRIDGE_SECTION_KEY`` variables onto the nested key layout."""
+    out: dict[str, Any] = {}
+    sections = set(SECTIONS)
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            out.setdefault(section, {})[key] = value
+        else:
+            out[rest] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration: defaults < TOML file < environment < ``overrides`` (flags).
+
+    ``overrides`` maps dotted keys (``"kafka.bootstrap"``, ``"site"``) to values;
+    None values are ignored (flags that were not given).
+    """
+    cfg = Config()
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        _apply(cfg, "", data, str(path))
+    _apply(cfg, "", _env_values(os.environ if env is None else env), "environment")
+    nested: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        parts = dotted.split(".")
+        node = nested
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    _apply(cfg, "", nested, "command line")
+    return cfg
+
+
+def read_secret_file(path: str | Path, what: str) -> Secret:
+    """Read a key file (trailing newline stripped, as the D4 clients do)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read key file {path}: {exc.strerror}") from None
+    return Secret(data.rstrip(b"\r\n"))
