@@ -29,7 +29,7 @@ import ssl
 import struct
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -48,10 +48,10 @@ class SenderStopped(Exception):
     """The sender was asked to stop while it was connecting or waiting."""
 
 
-def parse_host_port(value: str) -> tuple[str, int]:
-    """Split ``host:port`` / ``[v6addr]:port`` into (host, port)."""
+def parse_host_port(value: str, allow_zero: bool = False) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6addr]:port`` into (host, port); port 0 only if ``allow_zero``."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not (0 if allow_zero else 1) <= int(port) < 65536:
         raise ValueError(f"expected host:port, got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -232,6 +232,7 @@ class D4Sender:
         self.bytes_sent = 0  # payload bytes, first transmissions
         self.resent_bytes = 0
         self.connect_failures = 0
+        self.losses: Counter[str] = Counter()  # broken sessions by exception class
 
     @property
     def connected(self) -> bool:
@@ -393,5 +394,6 @@ class D4Sender:
         conn.close()
         self._conn = None
         self._failures = 1
+        self.losses[type(exc).__name__] += 1
         log.warning("d4 session to %s:%d lost (%s); %d bytes retained for resend",
                     self.host, self.port, exc, self._retained_bytes)

@@ -163,38 +163,43 @@ class FrameDecoder:
             self._pos = 0
         self._buf += data
 
+    def peek_header(self) -> Header | None:
+        """Parse and check the header of the next frame once its 62 bytes are in (else None).
+
+        Raises ``FrameError`` like ``next_frame``; the header is checked only once.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._header is not None:
+            return self._header
+        if len(self._buf) - self._pos < HEADER_SIZE:
+            return None
+        header = Header(*HEADER.unpack_from(self._buf, self._pos))
+        try:
+            if header.size > self._max_size:
+                raise FrameError("size_too_large", f"header announces {header.size} bytes, limit {self._max_size}")
+            if self._header_check is not None:
+                self._header_check(header)
+        except FrameError as exc:
+            self._error = exc
+            raise
+        self._header = header
+        return header
+
     def next_frame(self) -> Frame | None:
         """Return the next complete frame, or None when more bytes are needed.
 
         Raises ``FrameError`` when the stream is invalid (size above the limit, or a
         ``header_check`` rejection); the same error is raised again on later calls.
         """
-        if self._error is not None:
-            raise self._error
-        buf = self._buf
-        pos = self._pos
-        header = self._header
+        header = self._header or self.peek_header()
         if header is None:
-            if len(buf) - pos < HEADER_SIZE:
-                return None
-            header = Header(*HEADER.unpack_from(buf, pos))
-            if header.size > self._max_size:
-                self._error = FrameError(
-                    "size_too_large", f"header announces {header.size} bytes, limit {self._max_size}"
-                )
-                raise self._error
-            if self._header_check is not None:
-                try:
-                    self._header_check(header)
-                except FrameError as exc:
-                    self._error = exc
-                    raise
-            self._header = header
-        start = pos + HEADER_SIZE
-        end = start + header.size
-        if len(buf) < end:
             return None
-        payload = bytes(buf[start:end])
+        start = self._pos + HEADER_SIZE
+        end = start + header.size
+        if len(self._buf) < end:
+            return None
+        payload = bytes(self._buf[start:end])
         self._pos = end
         self._header = None
         return Frame(header, payload)
