@@ -71,6 +71,9 @@ class SenderOptions:
     backoff_max: float = 30.0
     resend_buffer_bytes: int = 16 * 1024 * 1024
     resend_grace: float = 2.0
+    # A session closed sooner than this was refused (d4-core: duplicate uuid+type session, bad
+    # HMAC, blacklist): the backoff keeps growing instead of restarting at backoff_initial.
+    healthy_after: float = 5.0
     keepalive_idle: int = 15
     keepalive_interval: int = 5
     keepalive_count: int = 3
@@ -222,6 +225,7 @@ class D4Sender:
         self._signer = FrameSigner(key)
         self._conn: _Connection | None = None
         self._failures = 0
+        self._connected_at = 0.0
         self._rng = random.Random()
         self._acked: deque[_Message] = deque()  # acknowledged, kept for resend_grace
         self._unacked: deque[_Message] = deque()
@@ -232,7 +236,12 @@ class D4Sender:
         self.bytes_sent = 0  # payload bytes, first transmissions
         self.resent_bytes = 0
         self.connect_failures = 0
-        self.losses: Counter[str] = Counter()  # broken sessions by exception class
+        self.losses: Counter[str] = Counter()  # broken sessions by exception class, or "refused"
+        # messages are numbered by send() order; they leave the resend buffer in that order, so
+        # "messages_released > n" means message n will never be re-sent (the egress hop commits
+        # its Kafka offsets on this)
+        self.messages_sent = 0
+        self.messages_released = 0
 
     @property
     def connected(self) -> bool:
@@ -264,6 +273,7 @@ class D4Sender:
             self._unacked.append(_Message(payload, end))
             self._retained_bytes += len(payload)
             self.bytes_sent += len(payload)
+            self.messages_sent += 1
             return
 
     def wait_acked(self, timeout: float) -> bool:
@@ -319,7 +329,7 @@ class D4Sender:
                 log.warning("d4 connect to %s:%d failed (attempt %d): %s", self.host, self.port, self._failures, exc)
                 continue
             self._conn = conn
-            self._failures = 0
+            self._connected_at = time.monotonic()  # _lost decides whether this session was healthy
             log.info("d4 session %d to %s:%d up, resent %d bytes", self.sessions, self.host, self.port, resent)
         return self._conn
 
@@ -369,6 +379,7 @@ class D4Sender:
         while self._acked and (now - self._acked[0].acked_at >= grace
                                or self._retained_bytes > self.opts.resend_buffer_bytes):
             self._retained_bytes -= len(self._acked.popleft().payload)
+            self.messages_released += 1
 
     def _make_room(self, conn: _Connection, incoming: int) -> None:
         """Keep the resend buffer bounded: wait for acknowledgements when it is full."""
@@ -378,6 +389,7 @@ class D4Sender:
         while self._retained_bytes + incoming > limit and self._unacked:
             if self._acked:  # full only because of grace copies: drop the oldest
                 self._retained_bytes -= len(self._acked.popleft().payload)
+                self.messages_released += 1
                 continue
             if time.monotonic() > deadline:
                 raise ConnectionError(f"server acknowledged nothing for {self.opts.io_timeout:.0f} s")
@@ -393,7 +405,12 @@ class D4Sender:
             pass
         conn.close()
         self._conn = None
-        self._failures = 1
-        self.losses[type(exc).__name__] += 1
+        if time.monotonic() - self._connected_at < self.opts.healthy_after:
+            self._failures += 1  # refused right away: back off further, no reconnect storm
+            reason = "refused"
+        else:
+            self._failures = 1
+            reason = type(exc).__name__
+        self.losses[reason] += 1
         log.warning("d4 session to %s:%d lost (%s); %d bytes retained for resend",
                     self.host, self.port, exc, self._retained_bytes)
