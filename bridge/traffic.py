@@ -24,6 +24,8 @@ from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
+from bridge.backscatter.classify import select_records
+from bridge.backscatter.telescope import PrefixSet
 from bridge.pcap import LINKTYPE_ETHERNET, PcapHeader, write_pcap as _write_pcap_records
 
 ATTACK_KINDS = ("syn_flood", "rst_flood", "udp_flood", "ttl_exceeded", "host_unreachable", "icmp_flood")
@@ -181,27 +183,14 @@ def _ip4(text: str) -> int:
     return int(ipaddress.IPv4Address(text))
 
 
-class _Telescope:
-    """Union of IPv4 prefixes; samples addresses uniformly over the union."""
+class _Telescope(PrefixSet):
+    """The telescope's address union, sampled uniformly."""
 
     def __init__(self, prefixes: Sequence[str]) -> None:
-        spans = sorted(
-            (int(net.network_address), int(net.broadcast_address) + 1)
-            for net in (ipaddress.IPv4Network(p, strict=False) for p in prefixes)
-        )
-        merged: list[list[int]] = []
-        for lo, hi in spans:
-            if merged and lo <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], hi)
-            else:
-                merged.append([lo, hi])
-        if not merged:
+        super().__init__(prefixes)
+        if self.size == 0:
             raise ValueError("a telescope needs at least one prefix")
-        self.starts = np.array([lo for lo, _ in merged], dtype=np.int64)
-        self.ends = np.array([hi for _, hi in merged], dtype=np.int64)
-        sizes = self.ends - self.starts
-        self.cum = np.cumsum(sizes)
-        self.size = int(self.cum[-1])
+        self.cum = np.cumsum(self.ends - self.starts)
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         u = rng.integers(0, self.size, n, dtype=np.int64)
@@ -209,17 +198,10 @@ class _Telescope:
         before = self.cum[idx] - (self.ends[idx] - self.starts[idx])
         return (self.starts[idx] + (u - before)).astype(np.uint32)
 
-    def contains(self, addrs: np.ndarray) -> np.ndarray:
-        a = addrs.astype(np.int64)
-        idx = np.searchsorted(self.starts, a, side="right") - 1
-        ok = idx >= 0
-        idx = np.clip(idx, 0, None)
-        return ok & (a < self.ends[idx])
-
 
 def monitored_addresses(prefixes: Sequence[str]) -> int:
     """Number of distinct IPv4 addresses in the union of ``prefixes``."""
-    return _Telescope(prefixes).size
+    return PrefixSet(prefixes).size
 
 
 def _public(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -657,13 +639,11 @@ def site_view(traffic: GeneratedTraffic, prefixes: Sequence[str], clock_offset_s
     byte-identical copies (only their record timestamps differ). IPv6 noise is
     not part of any IPv4 site view.
     """
-    keep = np.nonzero(_Telescope(prefixes).contains(traffic.telescope_addr) & (traffic.telescope_addr != 0))[0]
+    keep = np.nonzero(PrefixSet(prefixes).contains(traffic.telescope_addr) & (traffic.telescope_addr != 0))[0]
     ends = np.append(traffic.offsets[1:], len(traffic.packets))
     lengths = (ends - traffic.offsets)[keep]
     new_off = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-    src = np.frombuffer(traffic.packets, dtype=np.uint8)
-    gather = np.repeat(traffic.offsets[keep] - new_off, lengths) + np.arange(int(lengths.sum()))
-    out = src[gather]
+    out = select_records(traffic.packets, traffic.offsets[keep], lengths)
     ts = traffic.ts_ns[keep] + int(round(clock_offset_s * _NS))
     _scatter_rows(out, new_off, _record_headers(ts, lengths - 16, traffic.nsec)[:, :8])
     return GeneratedTraffic(out.tobytes(), int(keep.shape[0]), traffic.truth, ts, new_off, traffic.kind[keep],

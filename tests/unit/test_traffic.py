@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bridge import traffic as T
+from bridge.backscatter.telescope import PrefixSet
 from bridge.pcap import iter_packets, record_offsets
 
 START = 1_700_000_000 * 10**9
@@ -147,7 +148,7 @@ def test_records_are_time_ordered_and_labelled(mixed: T.GeneratedTraffic) -> Non
     ts = np.array([t for t, *_ in iter_packets(mixed.packets, nsec=False)])
     assert np.array_equal(ts, mixed.ts_ns)
     assert mixed.count == len(mixed.ts_ns) == len(mixed.kind) == len(mixed.attack)
-    tele = T._Telescope(("10.1.0.0/16",))
+    tele = PrefixSet(("10.1.0.0/16",))
     ipv4 = mixed.telescope_addr != 0
     assert tele.contains(mixed.telescope_addr[ipv4]).all()
 
@@ -193,7 +194,7 @@ def test_site_views_overlap_and_clock_offsets() -> None:
     c = T.site_view(g, ("10.2.128.0/17", "10.3.0.0/17"), 2.0)
     assert np.array_equal(record_offsets(c.packets), c.offsets)
     ipv4 = np.count_nonzero(g.telescope_addr)
-    overlap = T._Telescope(("10.2.128.0/17",)).contains(g.telescope_addr)
+    overlap = PrefixSet(("10.2.128.0/17",)).contains(g.telescope_addr)
     assert a.count + b.count + c.count == ipv4 + np.count_nonzero(overlap)
     ts_c = np.array([t for t, *_ in iter_packets(c.packets)])
     assert np.array_equal(ts_c, c.ts_ns)
