@@ -14,6 +14,7 @@ import pytest
 from bridge.d4.client import D4Sender, SenderOptions
 from bridge.d4.frame import FrameSigner, encode_frame
 from bridge.d4.tls import client_context, write_self_signed_pem
+from bridge.pcap import pack_record
 
 from d4util import (IngressThread, capture, closed_by_server, connect, frames, ingress_config, packets_of,
                     read_topic, rejections)
@@ -92,3 +93,178 @@ def test_interop_tls_concurrent_sensors(kafka_config, unique, tmp_path):
     meta = read_topic(kafka_config, cfg.ingress.records_topic, "D4Record", until=lambda rs: len(rs) >= 1)
     assert [(r["sensor_uuid"], r["d4_type"], r["data"]) for r in meta] == [
         ("cd980d75dcf147dabb60aabe94fea6b2", 2, b'{"type": "ja3-jl"}')]
+
+
+# --- rejection rules -------------------------------------------------------------------------
+
+BL_UUID = uuidlib.uuid4()
+MARKER = b"\xde\xad\xbe\xefMARKER-FROM-A-BAD-FRAME"
+
+
+class Rules:
+    """A plain-TCP (loopback) ingress with a default key and a uuid blacklist, shared by the
+    rule tests; ``check`` proves a rejection: closed, counted once, nothing from the bad frame."""
+
+    def __init__(self, kcfg, names, **extra):
+        cfg = ingress_config(kcfg, names, no_tls=True, hmac_key=KEY, blacklist_uuid=[str(BL_UUID)],
+                             idle_timeout=1.5, **extra)
+        self.cfg = cfg
+        self.kcfg = kcfg
+        self.ing = IngressThread(cfg).__enter__()
+
+    def check(self, sock, reason, before, bad_uuid_hex, good_prefix=b""):
+        assert closed_by_server(sock), f"{reason}: connection not closed"
+        deadline = time.monotonic() + 5
+        while rejections(reason) < before + 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rejections(reason) == before + 1, f"{reason}: metric not counted once"
+        # a sentinel sensor's data arrives after anything the rejected session produced
+        sentinel = uuidlib.uuid4()
+        stream, recs = capture(5, 99)
+        s = connect(self.ing.port, tls=False)
+        s.sendall(frames(stream, sentinel.bytes, KEY, iter(lambda: 4096, None)))
+        s.close()
+        out = read_topic(self.kcfg, self.cfg.ingress.topic, "PcapBatch",
+                         until=lambda rs: any(r["sensor_uuid"] == sentinel.hex for r in rs))
+        assert packets_of(out, sentinel.hex) == recs
+        mine = packets_of(out, bad_uuid_hex)
+        assert MARKER not in mine
+        assert mine == good_prefix
+        other = read_topic(self.kcfg, self.cfg.ingress.records_topic, "D4Record", idle=0.5)
+        assert not any(MARKER in r["data"] for r in other)
+
+    def stop(self):
+        self.ing.stop()
+
+
+class _Names:
+    def __call__(self, prefix="t"):
+        return f"{prefix}-{uuidlib.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def rules(kafka_config):
+    r = Rules(kafka_config, _Names())
+    yield r
+    r.stop()
+
+
+def pcap_with_marker():
+    """A valid pcap stream (global header + records) and records carrying MARKER."""
+    stream, recs = capture(20, 7)
+    return stream, recs, pack_record(1_700_000_001_000_000_000, MARKER)
+
+
+def test_bad_hmac_closes_and_keeps_only_earlier_frames(rules):
+    u = uuidlib.uuid4()
+    stream, recs, bad = pcap_with_marker()
+    good = frames(stream, u.bytes, KEY, iter(lambda: 10_000_000, None))
+    forged = encode_frame(1, u.bytes, b"wrong key", bad)
+    before = rejections("bad_hmac")
+    sock = connect(rules.ing.port, tls=False)
+    sock.sendall(good + forged)
+    rules.check(sock, "bad_hmac", before, u.hex, good_prefix=recs)
+
+
+@pytest.mark.parametrize("case", ["size_too_large", "bad_uuid", "blacklisted_uuid", "type_not_accepted",
+                                  "meta_header_missing", "pcap_bad_magic", "bad_meta_header"])
+def test_first_frame_rules(rules, case):
+    u = BL_UUID if case == "blacklisted_uuid" else uuidlib.uuid4()
+    if case == "bad_uuid":
+        u = uuidlib.uuid1()
+    typ = {"type_not_accepted": 3, "meta_header_missing": 254, "bad_meta_header": 2}.get(case, 1)
+    payload = {"bad_meta_header": b'["not an object", "' + MARKER.hex().encode() + b'"]',
+               "pcap_bad_magic": MARKER * 4}.get(case, MARKER)
+    data = bytearray(encode_frame(typ, u.bytes, KEY, payload))
+    if case == "size_too_large":
+        data[58:62] = (1_000_001).to_bytes(4, "little")
+    before = rejections(case)
+    sock = connect(rules.ing.port, tls=False)
+    sock.sendall(bytes(data))
+    rules.check(sock, case, before, u.hex)
+
+
+@pytest.mark.parametrize("case", ["type_changed", "uuid_changed"])
+def test_later_frame_rules(rules, case):
+    u = uuidlib.uuid4()
+    stream, recs, _ = pcap_with_marker()
+    good = frames(stream, u.bytes, KEY, iter(lambda: 10_000_000, None))
+    if case == "type_changed":
+        bad = encode_frame(4, u.bytes, KEY, MARKER + b"\n")
+    else:
+        bad = encode_frame(1, uuidlib.uuid4().bytes, KEY, MARKER)
+    before = rejections(case)
+    sock = connect(rules.ing.port, tls=False)
+    sock.sendall(good + bad)
+    rules.check(sock, case, before, u.hex, good_prefix=recs)
+
+
+def test_duplicate_session_refused_first_kept(rules):
+    u = uuidlib.uuid4()
+    stream, recs, _ = pcap_with_marker()
+    first = connect(rules.ing.port, tls=False)
+    first.sendall(frames(stream, u.bytes, KEY, iter(lambda: 10_000_000, None)))
+    time.sleep(0.3)
+    before = rejections("duplicate_session")
+    second = connect(rules.ing.port, tls=False)
+    second.sendall(encode_frame(1, u.bytes, KEY, MARKER))
+    assert closed_by_server(second)
+    assert rejections("duplicate_session") == before + 1
+    first.sendall(encode_frame(1, u.bytes, KEY, b""))  # the first session is still served
+    first.close()
+    out = read_topic(rules.kcfg, rules.cfg.ingress.topic, "PcapBatch",
+                     until=lambda rs: packets_of(rs, u.hex) == recs)
+    assert packets_of(out, u.hex) == recs
+
+
+def test_idle_timeout_closes_without_touching_partial_frame(rules):
+    u = uuidlib.uuid4()
+    stream, recs, _ = pcap_with_marker()
+    data = frames(stream, u.bytes, KEY, iter(lambda: 10_000_000, None)) + encode_frame(1, u.bytes, KEY, MARKER)
+    before = rejections("idle_timeout")
+    sock = connect(rules.ing.port, tls=False)
+    sock.sendall(data[:-5])  # the marker frame never completes
+    rules.check(sock, "idle_timeout", before, u.hex, good_prefix=recs)
+
+
+@pytest.mark.parametrize("case", ["unknown_uuid", "not_registered", "blacklisted_ip", "too_many_sessions"])
+def test_server_wide_rules(kafka_config, tmp_path, case):
+    keys = tmp_path / "keys"
+    listed = uuidlib.uuid4()
+    keys.write_text(f"# sensors\n{listed} = {KEY.decode()}\n")
+    extra = {
+        "unknown_uuid": dict(keys=str(keys)),
+        "not_registered": dict(keys=str(keys), registration=True, hmac_key=KEY),
+        "blacklisted_ip": dict(blacklist_ip=["127.0.0.0/8"], hmac_key=KEY),
+        "too_many_sessions": dict(max_sessions=1, hmac_key=KEY),
+    }[case]
+    cfg = ingress_config(kafka_config, _Names(), no_tls=True, **extra)
+    with IngressThread(cfg) as ing:
+        held = None
+        if case == "too_many_sessions":
+            held = connect(ing.port, tls=False)
+            time.sleep(0.2)
+        u = uuidlib.uuid4()
+        before = rejections(case)
+        sock = connect(ing.port, tls=False)
+        try:
+            sock.sendall(encode_frame(1, u.bytes, KEY, MARKER))
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        assert closed_by_server(sock)
+        deadline = time.monotonic() + 5
+        while rejections(case) < before + 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rejections(case) == before + 1
+        if case in ("unknown_uuid", "not_registered"):  # the listed sensor is still accepted
+            stream, recs = capture(10, 3)
+            s = connect(ing.port, tls=False)
+            s.sendall(frames(stream, listed.bytes, KEY, iter(lambda: 4096, None)))
+            s.close()
+            out = read_topic(kafka_config, cfg.ingress.topic, "PcapBatch",
+                             until=lambda rs: packets_of(rs, listed.hex) == recs)
+            assert packets_of(out, listed.hex) == recs
+        if held is not None:
+            held.close()
+    assert not any(MARKER in r["packets"] for r in read_topic(kafka_config, cfg.ingress.topic, "PcapBatch",
+                                                                idle=0.5))
