@@ -1,0 +1,33 @@
+# One image for every d4-bridge hop: `docker run d4-bridge <subcommand> ...`.
+# TLS certificates, HMAC keys and site configuration are mounted at run time (docker-compose.yml),
+# never copied in: .dockerignore keeps deploy/secrets/ and deploy/config/ out of the build context.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
+    D4BRIDGE_METRICS_PORT=9100
+
+WORKDIR /opt/d4-bridge
+COPY pyproject.toml README.md ./
+COPY schemas ./schemas
+COPY bridge ./bridge
+RUN pip install . \
+    # bridge.records reads schemas/ next to the package directory; a non-editable install puts the
+    # package in site-packages without them, so place them where records.SCHEMA_DIR points
+    && python -c "import pathlib, shutil, sysconfig; shutil.copytree('schemas', pathlib.Path(sysconfig.get_paths()['purelib']) / 'schemas', dirs_exist_ok=True)" \
+    && python -c "from bridge import records; records.decode(records.encode('DeadLetter', records.dead_letter('build', 'check', 'image self-test')), expect='DeadLetter')" \
+    && useradd --system --uid 10001 --user-group --home-dir /home/d4bridge --create-home d4bridge
+
+USER d4bridge
+WORKDIR /home/d4bridge
+EXPOSE 4443 9100
+
+# Healthy while the hop serves /metrics (every long-running hop does, on D4BRIDGE_METRICS_PORT).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ.get('D4BRIDGE_METRICS_PORT', '9100'), timeout=4)"
+
+ENTRYPOINT ["d4-bridge"]
+CMD ["--help"]
