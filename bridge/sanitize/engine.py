@@ -220,8 +220,9 @@ class Sanitizer:
         new6 = self._addr.map_rows(_gather(buf, v6[:, 0], 16), v6[:, 2])
         newmac = self._mac.map_rows(_gather(buf, mac[:, 0], 6)) if nmac else np.zeros((0, 6), dtype=np.uint8)
 
-        per_pkt = (np.bincount(v4[:, 1], minlength=count) * 2 + np.bincount(v6[:, 1], minlength=count) * 8
-                   + np.bincount(mac[:, 1], minlength=count) * 3 + np.bincount(cs[:, 0], minlength=count))
+        # changed 16-bit words per packet at most (a site may straddle one extra word)
+        per_pkt = (np.bincount(v4[:, 1], minlength=count) * 3 + np.bincount(v6[:, 1], minlength=count) * 9
+                   + np.bincount(mac[:, 1], minlength=count) * 4 + np.bincount(cs[:, 0], minlength=count))
         size = walk.apply(buf, recs, newcap, v4, _be32(new4), v6, new6, mac, newmac, cs,
                           nv4, nv6, nmac, ncs, int(per_pkt.max()) + 1)
 

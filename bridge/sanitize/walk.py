@@ -664,16 +664,21 @@ def record_offsets(buf):
 
 @njit(cache=True, inline="always")
 def _record_change(buf, d, off, nbytes, ch, nch, old):
-    """Record the 16-bit words of [off, off + nbytes) (even offset from d) as changes:
-    old values come from `old` (bytes before the write), new values from buf."""
-    for w in range(0, nbytes, 2):
-        ov = (np.int64(old[w]) << 8) | np.int64(old[w + 1])
-        nv = _u16(buf, off + w)
+    """Record the 16-bit words (aligned from the packet start d) that cover the bytes
+    [off, off + nbytes) just written; `old` holds those bytes before the write. IPv4
+    option addresses can sit at odd offsets, so a site may straddle words."""
+    w = off - ((off - d) & 1)
+    while w < off + nbytes:
+        hi_old = old[w - off] if w >= off else buf[w]
+        lo_old = old[w + 1 - off] if w + 1 < off + nbytes else buf[w + 1]
+        ov = (np.int64(hi_old) << 8) | np.int64(lo_old)
+        nv = _u16(buf, w)
         if ov != nv:
-            ch[nch, 0] = off + w
+            ch[nch, 0] = w
             ch[nch, 1] = ov
             ch[nch, 2] = nv
             nch += 1
+        w += 2
     return nch
 
 
