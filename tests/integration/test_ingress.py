@@ -268,3 +268,110 @@ def test_server_wide_rules(kafka_config, tmp_path, case):
             held.close()
     assert not any(MARKER in r["packets"] for r in read_topic(kafka_config, cfg.ingress.topic, "PcapBatch",
                                                                 idle=0.5))
+
+
+# --- fuzzing ---------------------------------------------------------------------------------
+
+def _mutations(rng: random.Random, n: int):
+    """Random and mutated D4 frames (a few valid ones with garbage payloads among them)."""
+    signer = FrameSigner(KEY)
+    for _ in range(n):
+        u = uuidlib.uuid4().bytes if rng.random() < 0.8 else rng.randbytes(16)
+        frame = bytearray(signer.encode(rng.choice([1, 1, 2, 3, 4, 8, 254, 0, 255]), u,
+                                        rng.randbytes(rng.randint(0, 3000))))
+        kind = rng.randrange(6)
+        if kind == 0:
+            for _ in range(rng.randint(1, 8)):
+                frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            frame = frame[: rng.randrange(len(frame))]
+        elif kind == 2:
+            frame[58:62] = rng.randbytes(4)
+        elif kind == 3:
+            frame = bytearray(rng.randbytes(rng.randint(1, 500)))
+        elif kind == 4:
+            frame[1] = rng.randrange(256)
+        yield bytes(frame)
+
+
+def test_fuzz_keeps_serving_good_sensors(kafka_config):
+    cfg = ingress_config(kafka_config, _Names(), no_tls=True, hmac_key=KEY, idle_timeout=2.0)
+    good = {}
+    with IngressThread(cfg) as ing:
+        def good_sensor(seed):
+            u = uuidlib.uuid4()
+            stream, recs = capture(4000, seed)
+            good[u.hex] = recs
+            sender = D4Sender("127.0.0.1", ing.port, u.bytes, KEY, 1, options=SenderOptions(frame_size=8192),
+                              on_session_start=lambda: stream[:24])
+            for i in range(0, len(recs), 20_000):
+                sender.send(recs[i:i + 20_000])
+                time.sleep(0.01)  # keep streaming for the whole fuzzing run
+            assert sender.close(20)
+            assert sender.sessions == 1
+
+        sent = 0
+
+        def fuzzer():
+            nonlocal sent
+            rng = random.Random(1234)
+            for _ in range(500):
+                try:
+                    sock = socket.create_connection(("127.0.0.1", ing.port), timeout=5)
+                    for frame in _mutations(rng, rng.randint(1, 12)):
+                        sock.sendall(frame)
+                        sent += 1
+                    sock.close()
+                except OSError:
+                    pass  # the server closed on us mid-write: expected
+
+        threads = [threading.Thread(target=good_sensor, args=(s,)) for s in (11, 12)]
+        threads.append(threading.Thread(target=fuzzer))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        total = sum(len(r) for r in good.values())
+        out = read_topic(kafka_config, cfg.ingress.topic, "PcapBatch",
+                         until=lambda rs: sum(len(packets_of(rs, u)) for u in good) >= total)
+    assert sent >= 2000
+    for u, recs in good.items():
+        assert packets_of(out, u) == recs
+
+
+# --- d4-core Redis keys and sets ---------------------------------------------------------------
+
+def test_redis_keys_and_blacklists(kafka_config, redis_url):
+    import redis
+
+    url = redis_url.rsplit("/", 1)[0] + "/5"
+    r = redis.Redis.from_url(url)
+    r.flushdb()
+    own, by_default, banned, ip_banner = (uuidlib.uuid4() for _ in range(4))
+    r.hset(f"metadata_uuid:{own.hex}", "hmac_key", b"own key")
+    r.set("server:hmac_default_key", b"redis default")
+    r.sadd("blacklist_uuid", banned.hex)
+    r.sadd("blacklist_ip_by_uuid", ip_banner.hex)
+    cfg = ingress_config(kafka_config, _Names(), no_tls=True, redis=url)
+    with IngressThread(cfg) as ing:
+        stream, recs = capture(10, 5)
+        for u, key in ((own, b"own key"), (by_default, b"redis default")):
+            s = connect(ing.port, tls=False)
+            s.sendall(frames(stream, u.bytes, key, iter(lambda: 1000, None)))
+            s.close()
+        wrong = connect(ing.port, tls=False)  # the default key is not valid for a sensor with its own
+        before = rejections("bad_hmac")
+        wrong.sendall(frames(stream, own.bytes, b"redis default", iter(lambda: 1000, None)))
+        assert closed_by_server(wrong)
+        for u, reason in ((banned, "blacklisted_uuid"), (ip_banner, "blacklisted_ip")):
+            n = rejections(reason)
+            s = connect(ing.port, tls=False)
+            s.sendall(encode_frame(1, u.bytes, KEY, MARKER))
+            assert closed_by_server(s)
+            assert rejections(reason) == n + 1
+        assert r.sismember("blacklist_ip", "127.0.0.1")  # as d4-core: the uuid banned its address
+        out = read_topic(kafka_config, cfg.ingress.topic, "PcapBatch",
+                         until=lambda rs: all(packets_of(rs, u.hex) == recs for u in (own, by_default)))
+    assert rejections("bad_hmac") == before + 1
+    assert packets_of(out, own.hex) == recs and packets_of(out, by_default.hex) == recs
+    r.flushdb()
