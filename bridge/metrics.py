@@ -86,12 +86,23 @@ SANITIZE_LEAKS = Counter(
 
 # --- egress --------------------------------------------------------------------------------
 
-EGRESS_CONNECTED = Gauge("d4bridge_egress_connected", "1 while connected to the upstream D4 server", ["uuid"])
-EGRESS_FRAMES = Counter("d4bridge_egress_frames_total", "D4 frames written upstream")
-EGRESS_BYTES = Counter("d4bridge_egress_bytes_total", "Bytes written upstream (frames included)")
-EGRESS_PACKETS = Counter("d4bridge_egress_packets_total", "pcap packets written upstream")
-EGRESS_RECONNECTS = Counter("d4bridge_egress_reconnects_total", "Upstream reconnections", ["reason"])
-EGRESS_SEND_SECONDS = Histogram("d4bridge_egress_send_seconds", "Time to write and flush frames", buckets=LATENCY_BUCKETS)
+# no uuid label (metric convention): sessions are counted, identities are in the logs
+EGRESS_CONNECTED = Gauge("d4bridge_egress_connected", "Upstream D4 sessions currently connected")
+EGRESS_SESSIONS = Gauge("d4bridge_egress_sessions", "Upstream D4 sessions open or reconnecting")
+EGRESS_FRAMES = Counter("d4bridge_egress_frames_total", "D4 frames written upstream (re-sent ones included)")
+EGRESS_BYTES = Counter("d4bridge_egress_bytes_total", "pcap payload bytes written upstream (first transmission)")
+EGRESS_RESENT_BYTES = Counter("d4bridge_egress_resent_bytes_total", "Payload bytes re-sent after a reconnect")
+EGRESS_PACKETS = Counter("d4bridge_egress_packets_total", "pcap packets written upstream (first transmission)")
+EGRESS_RECONNECTS = Counter(
+    "d4bridge_egress_reconnects_total",
+    "Upstream sessions lost or not established, by reason (refused = closed right after connecting)", ["reason"],
+)
+EGRESS_SEND_SECONDS = Histogram(
+    "d4bridge_egress_send_seconds", "Time to write one record's frames to the socket (reconnects included)",
+    buckets=LATENCY_BUCKETS,
+)
+EGRESS_QUEUED_BYTES = Gauge("d4bridge_egress_queued_bytes", "Record bytes read from Kafka, not yet written upstream")
+EGRESS_PAUSED = Gauge("d4bridge_egress_paused", "1 while consumption is paused (upstream slow or down)")
 EGRESS_RECORD_AGE = Histogram(
     "d4bridge_egress_record_age_seconds", "Now minus capture time of a batch's last packet at send",
     buckets=LATENCY_BUCKETS,

@@ -1,0 +1,103 @@
+"""Cut sanitized packet records into D4 frame payloads (pure core: bytes in, bytes out).
+
+Egress sends each upstream session one pcap stream: a global header, then whole records. Each
+payload handed to the D4 client holds whole records and fits one frame, so every frame boundary
+is a record boundary (a receiver can resume or inspect any frame alone) and a resend after a
+reconnect repeats whole records. A record larger than the frame size travels alone; the client
+then splits it across frames, which the pcap byte stream allows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from bridge.pcap import MAX_SNAPLEN, PcapFormatError, global_header
+
+# The session header announces the largest snaplen libpcap knows: sensors with different
+# snaplens can share an upstream session, and a receiver refuses records longer than it.
+SESSION_SNAPLEN = MAX_SNAPLEN
+
+
+def session_header(linktype: int, nsec: bool) -> bytes:
+    """The pcap global header that starts every upstream session of this link type."""
+    return global_header(linktype, SESSION_SNAPLEN, nsec)
+
+
+@njit(cache=True, nogil=True)
+def _chunk_ends(buf: np.ndarray, limit: int) -> tuple[np.ndarray, int, int]:  # pragma: no cover - jitted
+    """Ends of runs of whole records, each run <= limit bytes unless one record is larger.
+
+    Returns (ends, records, bad_at): bad_at is -1, or the offset of a record that runs past
+    the end of the buffer.
+    """
+    n = buf.shape[0]
+    ends = np.empty(n // 16 + 1, np.int64)
+    k = 0
+    records = 0
+    start = 0  # start of the open run
+    pos = 0
+    while pos < n:
+        if pos + 16 > n:
+            return ends[:k], records, pos
+        caplen = buf[pos + 8] | (buf[pos + 9] << 8) | (buf[pos + 10] << 16) | (np.int64(buf[pos + 11]) << 24)
+        end = pos + 16 + caplen
+        if end > n:
+            return ends[:k], records, pos
+        if end - start > limit and pos > start:
+            ends[k] = pos
+            k += 1
+            start = pos
+        records += 1
+        pos = end
+    if pos > start:
+        ends[k] = pos
+        k += 1
+    return ends[:k], records, -1
+
+
+def frame_payloads(packets: bytes, frame_size: int) -> list[memoryview]:
+    """Split canonical packed records into payloads of whole records, each <= ``frame_size``.
+
+    Raises ``PcapFormatError("truncated", ...)`` when the records do not tile ``packets``.
+    """
+    if frame_size <= 0:
+        raise ValueError("frame_size must be positive")
+    if not packets:
+        return []
+    ends, _records, bad_at = _chunk_ends(np.frombuffer(packets, np.uint8), frame_size)
+    if bad_at >= 0:
+        raise PcapFormatError("truncated", f"record at byte {bad_at} runs past the end ({len(packets)} bytes)")
+    view = memoryview(packets)
+    out: list[memoryview] = []
+    start = 0
+    for end in ends.tolist():
+        out.append(view[start:end])
+        start = end
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _scale_fracs(buf: np.ndarray, to_nsec: bool) -> None:  # pragma: no cover - jitted
+    n = buf.shape[0]
+    pos = 0
+    while pos + 16 <= n:
+        frac = buf[pos + 4] | (buf[pos + 5] << 8) | (buf[pos + 6] << 16) | (np.int64(buf[pos + 7]) << 24)
+        frac = frac * 1000 if to_nsec else frac // 1000
+        for i in range(4):
+            buf[pos + 4 + i] = (frac >> (8 * i)) & 0xFF
+        caplen = buf[pos + 8] | (buf[pos + 9] << 8) | (buf[pos + 10] << 16) | (np.int64(buf[pos + 11]) << 24)
+        pos += 16 + caplen
+
+
+def convert_precision(packets: bytes, from_nsec: bool, to_nsec: bool) -> bytes:
+    """Rewrite the sub-second field of every record from one unit to the other.
+
+    Microseconds -> nanoseconds is exact; nanoseconds -> microseconds truncates, as libpcap does.
+    The records must tile ``packets`` (check with ``frame_payloads`` first).
+    """
+    if from_nsec == to_nsec:
+        return packets
+    buf = np.frombuffer(bytearray(packets), np.uint8)
+    _scale_fracs(buf, to_nsec)
+    return buf.tobytes()
