@@ -210,6 +210,12 @@ class EgressConfig:
     no_tls: bool = opt(False, "plain TCP (loopback tests only)")
     frame_size: int = opt(65536, "largest D4 frame payload (at most 1000000, d4-core's limit)", positive)
     group: str = opt("d4-bridge-egress", "consumer group")
+    backoff_max: float = opt(10.0, "longest wait between reconnection attempts (seconds)", positive)
+    resend_buffer: int = opt(16 * 1024 * 1024, "bytes per session kept for resending after a reconnect", positive)
+    resend_grace: float = opt(2.0, "seconds acknowledged data stays resendable before its offset is committed")
+    max_queued_bytes: int = opt(32 * 1024 * 1024, "record bytes waiting for the upstream before reading pauses",
+                                positive)
+    drain_timeout: float = opt(10.0, "seconds to finish sending at shutdown", positive)
 
 
 @dataclass
@@ -222,12 +228,6 @@ class AnalyzeConfig:
 
 
 @dataclass
-    backoff_max: float = opt(10.0, "longest wait between reconnection attempts (seconds)", positive)
-    resend_buffer: int = opt(16 * 1024 * 1024, "bytes per session kept for resending after a reconnect", positive)
-    resend_grace: float = opt(2.0, "seconds acknowledged data stays resendable before its offset is committed")
-    max_queued_bytes: int = opt(32 * 1024 * 1024, "record bytes waiting for the upstream before reading pauses",
-                                positive)
-    drain_timeout: float = opt(10.0, "seconds to finish sending at shutdown", positive)
 class SinkConfig:
     dir: str = opt("", "output directory (d4-core layout)")
     redis: str = opt("", "analyzer Redis to LPUSH finished files to")
