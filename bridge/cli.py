@@ -81,6 +81,11 @@ COMMANDS: dict[str, Command] = {
         F("--topic", key="queue.topic", help="pcap topic (default d4.pcap)"),
         F("--consumer", key="queue.consumer", help="name of this consumer's processing list"),
         F("--create-queue", key="queue.create_queue", help="register the queue like the d4-core UI, then exit", **SWITCH),
+        F("--records-topic", key="queue.records_topic", help="topic for line items (default d4.records)"),
+        F("--metadata-redis", key="queue.metadata_redis",
+          help="d4-core metadata Redis for --create-queue (default: db 0 of --redis)"),
+        F("--description", key="queue.description", help="--create-queue: description shown in the d4-core UI"),
+        F("--sensor-uuid", key="queue.sensor_uuid", help="sensor uuid for items whose path names none"),
     ]),
     "sanitize": Command("bridge.hops.sanitize:run", "consumer group: sanitize pcap records, exactly once", 5, [
         F("--in", key="sanitize.in_topic", help="input topic (default d4.pcap)"),

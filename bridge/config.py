@@ -179,8 +179,20 @@ class QueueConfig:
     type: str = opt("1", "D4 type or extended type name of the queue")
     topic: str = opt("d4.pcap", "topic for pcap batches")
     records_topic: str = opt("d4.records", "topic for line items")
-    consumer: str = opt("", "name of this consumer's processing list (default: hostname-pid)")
+    consumer: str = opt("", "name of this consumer's processing list (default: the host name, suffixed -2, -3 ... "
+                            "when another live process on this host holds it)")
     create_queue: bool = opt(False, "register the queue the way the d4-core UI does, then exit")
+    metadata_redis: str = opt("", "d4-core metadata Redis for --create-queue (default: db 0 of the --redis server)")
+    description: str = opt("", "--create-queue: queue description shown in the d4-core UI")
+    sensor_uuid: str = opt("", "sensor uuid for items whose path does not name one (default: derived from the site)",
+                           uuid_text)
+    batch_bytes: int = opt(262144, "close a pcap batch at this size", positive)
+    line_batch_bytes: int = opt(262144, "largest D4Record made from line items (d4-core lines reach 100 kB)", positive)
+    line_batch_items: int = opt(500, "line items moved per Redis round trip", positive)
+    max_inflight_bytes: int = opt(16 * 1024 * 1024, "record bytes awaiting broker acks before reading pauses",
+                                  positive)
+    lease_seconds: float = opt(20.0, "lifetime of this consumer's claim on its processing list without refresh; "
+                               "a dead consumer's items are taken over after it", positive)
 
 
 @dataclass

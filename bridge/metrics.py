@@ -68,6 +68,11 @@ QUEUE_FILE_AGE = Histogram(
     buckets=(1, 5, 15, 30, 60, 150, 300, 600, 1800, 3600, 21600),
 )
 QUEUE_FAILURES = Counter("d4bridge_queue_failures_total", "Queue items that failed", ["reason"])
+QUEUE_FAILED = Gauge("d4bridge_queue_failed_items", "Items in the queue's failed list (all consumers)")
+QUEUE_RETRIES = Counter(
+    "d4bridge_queue_retries_total", "Items or Redis operations re-done after a broker or Redis failure", ["reason"]
+)
+QUEUE_RECLAIMED = Counter("d4bridge_queue_reclaimed_total", "Items taken over from dead consumers' processing lists")
 
 # --- sanitize ------------------------------------------------------------------------------
 
