@@ -375,3 +375,30 @@ def test_redis_keys_and_blacklists(kafka_config, redis_url):
     assert rejections("bad_hmac") == before + 1
     assert packets_of(out, own.hex) == recs and packets_of(out, by_default.hex) == recs
     r.flushdb()
+
+
+# --- non-pcap types ----------------------------------------------------------------------------
+
+def test_lines_and_meta_records(kafka_config):
+    cfg = ingress_config(kafka_config, _Names(), no_tls=True, hmac_key=KEY)
+    lines = b"".join(b"2024-01-01||10.0.0.%d||192.0.2.1||IN||example.org||A||1.2.3.4||60||1\n" % i
+                     for i in range(3000))
+    dns, meta_sensor = uuidlib.uuid4(), uuidlib.uuid4()
+    with IngressThread(cfg) as ing:
+        s = connect(ing.port, tls=False)  # type 8 (passive DNS) cut at arbitrary frame boundaries
+        s.sendall(frames(lines, dns.bytes, KEY, iter([7, 100, 4096, 1, 65535] * 100), d4_type=8))
+        s.close()
+        s = connect(ing.port, tls=False)  # type 2 meta header split over frames, then 254 lines
+        meta = b'{"type": "ja3-jl", "tags": ["tlp:white"]}'
+        s.sendall(frames(meta, meta_sensor.bytes, KEY, iter([10, 1000]), d4_type=2)
+                  + frames(b'{"ja3": 1}\n{"ja3": 2}\n', meta_sensor.bytes, KEY, iter([5, 1000]), d4_type=254))
+        s.close()
+        out = read_topic(kafka_config, cfg.ingress.records_topic, "D4Record",
+                         until=lambda rs: b"".join(r["data"] for r in rs if r["sensor_uuid"] == dns.hex) == lines
+                         and any(r["d4_type"] == 254 for r in rs))
+    dns_recs = [r for r in out if r["sensor_uuid"] == dns.hex]
+    assert b"".join(r["data"] for r in dns_recs) == lines
+    assert all(r["data"].endswith(b"\n") and r["d4_type"] == 8 for r in dns_recs)  # whole lines only
+    assert [r["seq"] for r in dns_recs] == list(range(len(dns_recs)))
+    m = [(r["d4_type"], r["meta_type"], r["data"]) for r in out if r["sensor_uuid"] == meta_sensor.hex]
+    assert m == [(2, None, meta), (254, "ja3-jl", b'{"ja3": 1}\n{"ja3": 2}\n')]
