@@ -54,6 +54,8 @@ INGRESS_CAPTURE_AGE = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 INGRESS_ASSEMBLER_ERRORS = Counter("d4bridge_ingress_assembler_errors_total", "Broken pcap streams", ["reason"])
+INGRESS_INFLIGHT = Gauge("d4bridge_ingress_inflight_bytes", "Record bytes produced and not yet acknowledged")
+INGRESS_PAUSED = Gauge("d4bridge_ingress_reading_paused", "1 while socket reading is paused (broker behind)")
 
 # --- queue ---------------------------------------------------------------------------------
 

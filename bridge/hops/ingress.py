@@ -450,6 +450,7 @@ class IngressServer:
                 s.tick(now)
             self.inflight.producer.poll(0)
             self._backpressure()
+            metrics.INGRESS_INFLIGHT.set(self.inflight.bytes)
             if now - last_idle_check >= 1.0:
                 last_idle_check = now
                 self._idle_check(now)
@@ -468,12 +469,14 @@ class IngressServer:
     def _backpressure(self) -> None:
         if not self.paused and self.inflight.over:
             self.paused = True
+            metrics.INGRESS_PAUSED.set(1)
             for s in self.sessions:
                 if s.transport is not None and not s.admitting:
                     s.transport.pause_reading()
             log.debug("ingress: broker behind (%d bytes in flight): reading paused", self.inflight.bytes)
         elif self.paused and self.inflight.drained:
             self.paused = False
+            metrics.INGRESS_PAUSED.set(0)
             now = time.monotonic()
             for s in self.sessions:
                 s.last_data = now  # paused time is not idle time
