@@ -320,3 +320,12 @@ def policy_from_flags(*, policy_file: str | None = None, pnat: str | None = None
     if name:
         data["name"] = name
     return Policy.from_mapping(data, base_dir=base, default_name="flags")
+
+
+def policy_from_config(section: Any) -> Policy:
+    """Build the policy from a configuration section with the policy flag fields (policy,
+    pnat, srcipmap, dstipmap, cryptopan_key, mac, payload, on_unparseable; "" = not given)."""
+    get = lambda name: getattr(section, name, "") or None  # noqa: E731
+    return policy_from_flags(policy_file=get("policy"), pnat=get("pnat"), srcipmap=get("srcipmap"),
+                             dstipmap=get("dstipmap"), cryptopan_key=get("cryptopan_key"), mac=get("mac"),
+                             payload=get("payload"), on_unparseable=get("on_unparseable"))
