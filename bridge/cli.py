@@ -52,6 +52,10 @@ def _policy_flags(section: str = "sanitize") -> list[Flag]:
         F("--dstipmap", key=f"{section}.dstipmap", help="tcprewrite --dstipmap pairs"),
         F("--cryptopan-key", key=f"{section}.cryptopan_key", help="Crypto-PAn 32-byte key file", metavar="FILE"),
         F("--policy", key=f"{section}.policy", help="TOML sanitization policy file", metavar="FILE"),
+        F("--mac", key=f"{section}.mac", help="MAC addresses: keep, zero or hash", choices=["keep", "zero", "hash"]),
+        F("--payload", key=f"{section}.payload", help="payload: keep, headers or cut:N (bytes after the transport header)"),
+        F("--on-unparseable", key=f"{section}.on_unparseable", help="packets not parseable far enough: drop (default) or cut",
+          choices=["drop", "cut"]),
     ]
 
 

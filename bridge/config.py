@@ -208,6 +208,11 @@ class SanitizeConfig:
     group: str = opt("d4-bridge-sanitize", "consumer group")
     input: str = opt("", "sanitize-file: input pcap")
     output: str = opt("", "sanitize-file: output pcap")
+    mac: str = opt("", "MAC addresses: keep, zero or hash (overrides the policy file)")
+    payload: str = opt("", "payload: keep, headers or cut:N (overrides the policy file)")
+    on_unparseable: str = opt("", "packets not parseable far enough: drop or cut (overrides the policy file)")
+    transaction_records: int = opt(200, "input records per transaction at most", positive)
+    transaction_seconds: float = opt(0.5, "seconds a transaction collects records at most", positive)
 
 
 @dataclass
@@ -237,6 +242,9 @@ class AnalyzeConfig:
     out_topic: str = opt("d4.backscatter", "event topic")
     profile: str = opt("default", "threshold profile: default or small")
     group: str = opt("d4-bridge-analyze", "consumer group")
+    site_telescope: list = opt([], "per-site telescopes SITE=CIDR[;CIDR...] (other sites use telescope)")
+    snapshot_seconds: float = opt(5.0, "state snapshot period (a restart replays at most this much input)", positive)
+    max_victims: int = opt(262144, "tracked (victim, protocol) vectors per partition; least recent evicted beyond", positive)
 
 
 @dataclass
