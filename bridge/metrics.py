@@ -79,6 +79,7 @@ QUEUE_RECLAIMED = Counter("d4bridge_queue_reclaimed_total", "Items taken over fr
 # --- sanitize ------------------------------------------------------------------------------
 
 SANITIZE_INPUT_PACKETS = Counter("d4bridge_sanitize_input_packets_total", "Packets read from the input topic")
+SANITIZE_INPUT_BYTES = Counter("d4bridge_sanitize_input_bytes_total", "pcap record bytes read from the input topic")
 SANITIZE_PACKETS = Counter("d4bridge_sanitize_packets_total", "Sanitized packets written")
 SANITIZE_BYTES = Counter("d4bridge_sanitize_bytes_total", "Sanitized record bytes written")
 SANITIZE_DROPPED = Counter("d4bridge_sanitize_dropped_total", "Packets dropped (could not be made safe)", ["reason"])

@@ -348,7 +348,9 @@ class Session(asyncio.Protocol):
     # --- output
 
     def _produce_pcap(self, batches: list[PcapChunkBatch]) -> None:
+        now_s = time.time()
         for batch in batches:
+            metrics.INGRESS_CAPTURE_AGE.observe(max(0.0, now_s - batch.last_ts_ns / 1e9))
             rec = records.pcap_batch(batch, sensor_uuid=self.uuid_hex or "", site=self.server.site, source="d4",
                                      session_id=self.session_id, seq=self.seq)
             self.seq += 1

@@ -402,3 +402,28 @@ def test_lines_and_meta_records(kafka_config):
     assert [r["seq"] for r in dns_recs] == list(range(len(dns_recs)))
     m = [(r["d4_type"], r["meta_type"], r["data"]) for r in out if r["sensor_uuid"] == meta_sensor.hex]
     assert m == [(2, None, meta), (254, "ja3-jl", b'{"ja3": 1}\n{"ja3": 2}\n')]
+
+
+def test_sensor_reconnecting_after_a_cut_is_not_locked_out_long(rules):
+    """The old session of a sensor whose network died stays open (no FIN ever arrives); its
+    reconnection is refused as a duplicate until the idle timeout closes the dead session,
+    then D4Sender's backoff gets it in and nothing is lost."""
+    u = uuidlib.uuid4()
+    stream, recs = capture(500, 31)
+    dead = connect(rules.ing.port, tls=False)
+    dead.sendall(encode_frame(1, u.bytes, KEY, stream[:24]) + encode_frame(1, u.bytes, KEY, recs[:10])[:-3])
+    time.sleep(0.2)
+    before = rejections("duplicate_session")
+    started = time.monotonic()
+    sender = D4Sender("127.0.0.1", rules.ing.port, u.bytes, KEY, 1,
+                      options=SenderOptions(backoff_initial=0.2, backoff_max=0.5),
+                      on_session_start=lambda: stream[:24])
+    sender.send(recs)
+    assert sender.close(20)
+    waited = time.monotonic() - started
+    dead.close()
+    assert rejections("duplicate_session") > before
+    assert waited < 1.5 + 3.0  # idle timeout plus a few backoff rounds
+    out = read_topic(rules.kcfg, rules.cfg.ingress.topic, "PcapBatch",
+                     until=lambda rs: packets_of(rs, u.hex).endswith(recs))
+    assert packets_of(out, u.hex) == recs  # the dead session's cut record was never produced
