@@ -157,10 +157,13 @@ def _gunzip(data: bytes, f: BinaryIO, read_bytes: int, out_bytes: int) -> Iterat
                 continue
             decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
         while True:
+            before = decomp.copy()
             try:
                 out = decomp.decompress(data, out_bytes)
-            except zlib.error as exc:
-                raise ItemError("corrupt_gzip", f"{exc} (within the first {consumed} compressed bytes)") from None
+            except zlib.error:
+                # zlib drops the output of a failing call: replay it in small steps from the copy,
+                # so every byte before the damage is still yielded.
+                yield from _salvage(before, data, consumed)  # raises ItemError at the damage
             data = decomp.unconsumed_tail
             if out:
                 yield out
@@ -170,6 +173,28 @@ def _gunzip(data: bytes, f: BinaryIO, read_bytes: int, out_bytes: int) -> Iterat
         if decomp.eof:
             data = decomp.unused_data
             decomp = None
+
+
+def _salvage(decomp: "zlib._Decompress", data: bytes, consumed: int) -> Iterator[bytes]:
+    """Decompress ``data`` one byte at a time up to the error, yielding what it gives, then raise it.
+
+    Only runs on damaged files; byte steps make the output stop exactly where zlib
+    detects the damage (a CRC error keeps every data byte).
+    """
+    out = bytearray()
+    for pos in range(len(data)):
+        try:
+            out += decomp.decompress(data[pos:pos + 1])
+        except zlib.error as exc:
+            if out:
+                yield bytes(out)
+            raise ItemError("corrupt_gzip", f"{exc} (within the first {consumed} compressed bytes)") from None
+        if len(out) >= OUT_BYTES:
+            yield bytes(out)
+            out.clear()
+    if out:
+        yield bytes(out)
+    raise ItemError("corrupt_gzip", f"deflate data refused within the first {consumed} compressed bytes")
 
 
 def line_payloads(items: Sequence[bytes], max_bytes: int) -> tuple[list[list[int]], list[int]]:
