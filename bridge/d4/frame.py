@@ -199,7 +199,8 @@ class FrameDecoder:
         end = start + header.size
         if len(self._buf) < end:
             return None
-        payload = bytes(self._buf[start:end])
+        with memoryview(self._buf) as view:  # one copy (a bytearray slice would make two)
+            payload = bytes(view[start:end])
         self._pos = end
         self._header = None
         return Frame(header, payload)

@@ -32,6 +32,7 @@ from bridge.d4.keys import Admission, KeysFileError, load_keys_file, next_header
 from bridge.d4.tls import server_context
 from bridge.hop import Shutdown, start_hop
 from bridge.kafka import BlockingProducer, make_producer
+from bridge.pcap import global_header, pack_record
 
 log = logging.getLogger(__name__)
 
@@ -564,11 +565,19 @@ def build_tls(cfg: Config) -> ssl.SSLContext | None:
     return server_context(ic.cert)
 
 
+def warm_up() -> None:
+    """Load the assembler's compiled record walk now (about a second), not in the first session."""
+    assembler = PcapAssembler(max_age=None)
+    assembler.feed(global_header(1, 65535, False) + pack_record(0, b"\0" * 60))
+    assembler.close()
+
+
 async def serve(cfg: Config, stop: Callable[[], bool], on_ready: Callable[[int], None] | None = None,
                 producer: BlockingProducer | None = None) -> int:
     """Run the ingress server until ``stop()``; ``on_ready(port)`` once it listens."""
     keys = build_keys(cfg)
     tls = build_tls(cfg)
+    warm_up()
     server = IngressServer(cfg, producer or make_producer(cfg.kafka, "ingress"), keys, tls)
     await server.start()
     if on_ready is not None:
