@@ -437,7 +437,9 @@ class IngressServer:
     async def start(self) -> int:
         host, port = parse_host_port(self.cfg.listen, allow_zero=True)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Session(self), host, port, ssl=self.tls,
+        # "*" listens on every address of both families (d4-core listens on "::" dual-stack)
+        self._server = await loop.create_server(lambda: Session(self), None if host == "*" else host, port,
+                                                ssl=self.tls,
                                                 reuse_address=True, ssl_handshake_timeout=15 if self.tls else None)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("ingress: listening on %s:%d (%s)", host, self.port, "TLS" if self.tls else "plain TCP")
@@ -557,7 +559,7 @@ def build_tls(cfg: Config) -> ssl.SSLContext | None:
     ic = cfg.ingress
     if ic.no_tls:
         host, _ = parse_host_port(ic.listen, allow_zero=True)
-        if not ipaddress.ip_address(host).is_loopback:
+        if host == "*" or not ipaddress.ip_address(host).is_loopback:
             raise ValueError("--no-tls is only allowed on a loopback listen address")
         return None
     if not ic.cert:
@@ -572,16 +574,16 @@ def warm_up() -> None:
     assembler.close()
 
 
-async def serve(cfg: Config, stop: Callable[[], bool], on_ready: Callable[[int], None] | None = None,
+async def serve(cfg: Config, stop: Callable[[], bool], on_ready: Callable[[IngressServer], None] | None = None,
                 producer: BlockingProducer | None = None) -> int:
-    """Run the ingress server until ``stop()``; ``on_ready(port)`` once it listens."""
+    """Run the ingress server until ``stop()``; ``on_ready(server)`` once it listens."""
     keys = build_keys(cfg)
     tls = build_tls(cfg)
     warm_up()
     server = IngressServer(cfg, producer or make_producer(cfg.kafka, "ingress"), keys, tls)
     await server.start()
     if on_ready is not None:
-        on_ready(server.port)
+        on_ready(server)
     try:
         await server.run_until(stop)
     finally:

@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from bridge import kafka, metrics, records
 from bridge.config import Config, KafkaConfig, Secret
 from bridge.d4.frame import FrameSigner
-from bridge.hops.ingress import serve
+from bridge.hops.ingress import IngressServer, serve
 from bridge.pcap import global_header, pack_record
 
 
@@ -40,14 +40,16 @@ class IngressThread:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.port = 0
+        self.server: IngressServer | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, daemon=True)
 
     def _main(self) -> None:
-        def ready(port: int) -> None:
-            self.port = port
+        def ready(server: IngressServer) -> None:
+            self.server = server
+            self.port = server.port
             self._ready.set()
 
         try:

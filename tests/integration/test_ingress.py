@@ -427,3 +427,48 @@ def test_sensor_reconnecting_after_a_cut_is_not_locked_out_long(rules):
     out = read_topic(rules.kcfg, rules.cfg.ingress.topic, "PcapBatch",
                      until=lambda rs: packets_of(rs, u.hex).endswith(recs))
     assert packets_of(out, u.hex) == recs  # the dead session's cut record was never produced
+
+
+# --- backpressure ------------------------------------------------------------------------------
+
+def test_backpressure_when_the_broker_stalls(tmp_path):
+    """A frozen broker: the ingress stops reading (bounded memory, TCP pushes back on the sensor),
+    then resumes when the broker does, and every packet arrives in order."""
+    import signal
+
+    from bridge import metrics
+    from bridge.broker import EmbeddedBroker
+    from bridge.config import KafkaConfig
+
+    with EmbeddedBroker(log_file=tmp_path / "tansu.log") as broker:
+        kcfg = KafkaConfig(bootstrap=broker.bootstrap, statistics_interval_ms=0, linger_ms=5)
+        cfg = ingress_config(kcfg, _Names(), no_tls=True, hmac_key=KEY, max_inflight_bytes=1_000_000,
+                             batch_bytes=65536, idle_timeout=60.0)
+        stream, recs = capture(20000, 41)  # ~16 MB
+        u = uuidlib.uuid4()
+        with IngressThread(cfg) as ing:
+            sender = D4Sender("127.0.0.1", ing.port, u.bytes, KEY, 1, on_session_start=lambda: stream[:24],
+                              options=SenderOptions(resend_buffer_bytes=64 << 20, io_timeout=60))
+            sender.send(recs[:100_000])
+            assert sender.wait_acked(10)
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
+                feeder = threading.Thread(target=lambda: [sender.send(recs[i:i + 65536])
+                                                          for i in range(100_000, len(recs), 65536)])
+                feeder.start()
+                time.sleep(4)
+                assert metrics.INGRESS_PAUSED._value.get() == 1
+                assert feeder.is_alive(), "the sensor was not pushed back"
+                held = sum(s.decoder.buffered + (s.assembler.buffered_bytes if s.assembler else 0)
+                           for s in list(ing.server.sessions))
+                assert held < 3_000_000  # one read and one batch per connection, not the stream
+                assert sender.unacked_bytes > 1_000_000  # the rest waits in the sensor's buffers
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
+            feeder.join(120)
+            assert sender.close(60)
+            out = read_topic(kcfg, cfg.ingress.topic, "PcapBatch",
+                             until=lambda rs: len(packets_of(rs, u.hex)) >= len(recs))
+            assert metrics.INGRESS_PAUSED._value.get() == 0
+    assert packets_of(out, u.hex) == recs
+
