@@ -33,6 +33,7 @@ FAILURE_REASONS = (
     "truncated_pcap",   # the pcap stream ends inside a header or a record
     "corrupt_pcap",     # a record longer than the file's snaplen: the stream lost its framing
     "item_too_large",   # a line item that cannot fit in one record
+    "crash_loop",       # the consumer died CRASH_LIMIT times with this item in hand (queue hop)
 )
 
 # PcapStreamError reasons (bridge.assembler) -> queue failure reasons.

@@ -9,7 +9,9 @@ record made from it. A crash therefore leaves the item in the processing list, a
 next start does it again first; duplicates of that one file are identifiable by
 (file_path, batch_index). Several processes share a queue, each with its own processing
 list, claimed by a lease key that a refresh thread keeps alive; the processing list of
-a consumer whose lease is gone (crashed for good) is taken over by a live one.
+a consumer whose lease is gone (crashed for good) is taken over by a live one. An item that
+was in hand at CRASH_LIMIT consumer deaths is set aside as ``crash_loop`` (a poison file
+must not crash-loop the queue).
 
 Type 1 items are paths of ``.cap.gz`` (or ``.cap``) captures: streamed through gunzip
 and the pcap assembler in bounded chunks into PcapBatch records keyed by sensor uuid.
@@ -61,6 +63,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 DLQ_PAYLOAD_BYTES = 65536  # enough of a refused line item to recognise it
 HOST = socket.gethostname()
+CRASH_LIMIT = 3  # an item in hand at this many deaths of its consumer is set aside (a poison file must not crash-loop)
 _CONSUMER_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 T = TypeVar("T")
@@ -105,6 +108,7 @@ class QueueKeys:
         self.queue = f"{qtype.key}:{queue_uuid}"
         self.source = f"analyzer:{self.queue}"
         self.failed = f"d4bridge:failed:{self.queue}"
+        self.attempts = f"d4bridge:attempts:{self.queue}"  # hash: item -> consumer deaths while in hand
         self._processing = f"d4bridge:processing:{self.queue}:"
         self._lease = f"d4bridge:lease:{self.queue}:"
 
@@ -230,11 +234,19 @@ class RedisQueue:
                 pipe.rpoplpush(self.keys.source, self.processing)
         return [first] + [item for item in pipe.execute() if item is not None]
 
+    def restarted(self, items: list[bytes]) -> list[int]:
+        """Count one more consumer death for each item found unfinished; return the counts."""
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            pipe.hincrby(self.keys.attempts, item, 1)
+        return pipe.execute()
+
     def done(self, items: list[bytes]) -> None:
         """Drop finished items from the processing list (oldest sit at the tail: LREM -1 finds them first)."""
         pipe = self.client.pipeline(transaction=True)
         for item in items:
             pipe.lrem(self.processing, -1, item)
+            pipe.hdel(self.keys.attempts, item)
         pipe.execute()
 
     def fail(self, items: list[bytes]) -> None:
@@ -243,6 +255,7 @@ class RedisQueue:
         for item in items:
             pipe.lpush(self.keys.failed, item)
             pipe.lrem(self.processing, -1, item)
+            pipe.hdel(self.keys.attempts, item)
         pipe.execute()
 
     def update_gauges(self) -> None:
@@ -364,9 +377,7 @@ class QueueHop:
     def serve(self) -> None:
         """Process leftovers, then the queue, until shutdown (the item in hand is finished first)."""
         self._redis(self.queue.reclaim_orphans)
-        pending = self._redis(self.queue.leftovers)
-        if pending:
-            log.info("queue: %d unfinished items in %s are done first", len(pending), self.queue.processing)
+        pending = self._resume()
         last_reclaim = time.monotonic()
         delay = BACKOFF_FIRST
         step = 1 if self.qtype.files else self.cfg.queue.line_batch_items
@@ -377,7 +388,7 @@ class QueueHop:
                     if time.monotonic() - last_reclaim > self.cfg.queue.lease_seconds:
                         last_reclaim = time.monotonic()
                         if self._redis(self.queue.reclaim_orphans):
-                            pending = self._redis(self.queue.leftovers)
+                            pending = self._resume()
                             continue
                     pending = self._redis(self.queue.take, step - 1)
                     continue
@@ -400,6 +411,26 @@ class QueueHop:
                         self.queue.processing)
         finally:
             self.acks.settle()
+
+    def _resume(self) -> list[bytes]:
+        """The unfinished items of this processing list, oldest first, less those that keep killing consumers."""
+        items = self._redis(self.queue.leftovers)
+        if not items:
+            return items
+        log.info("queue: %d unfinished items in %s are done first", len(items), self.queue.processing)
+        deaths = self._redis(self.queue.restarted, items)
+        poison = [item for item, n in zip(items, deaths) if n >= CRASH_LIMIT]
+        if not poison:
+            return items
+        for item in poison:
+            send_dead_letter(self.producer, records.dead_letter(
+                HOP, "crash_loop", f"consumers died {CRASH_LIMIT} times while this item was in hand",
+                file_path=item.decode("utf-8", "backslashreplace") if self.qtype.files else None,
+                payload=None if self.qtype.files else item[:DLQ_PAYLOAD_BYTES]))
+        if not self.acks.settle():
+            return items  # the dead letters were not stored: keep the items where they are for now
+        self._failed(poison, "crash_loop")
+        return [item for item in items if item not in poison]
 
     # --- files
 

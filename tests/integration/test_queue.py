@@ -371,6 +371,27 @@ def test_dead_consumers_items_are_taken_over(kafka_config, redis_url, unique, li
     assert lists.lrange(f"d4bridge:processing:1:{q}:busy", 0, -1) == [alive.encode()]
 
 
+def test_item_that_keeps_killing_consumers_is_set_aside(kafka_config, redis_url, unique, lists, meta,
+                                                        tmp_path) -> None:
+    cfg = queue_config(kafka_config, redis_url, unique)
+    q = cfg.queue.queue_uuid
+    packets = telescope_packets(3, 300, seed=8)
+    poison, fine = (str(d4core_file(tmp_path, uuidlib.uuid4().hex, T0, packets)) for _ in range(2))
+    processing = f"d4bridge:processing:1:{q}:{cfg.queue.consumer}"
+    lists.lpush(processing, poison, fine)  # both in hand when the consumer died
+    lists.hset(f"d4bridge:attempts:1:{q}", poison, 2)  # ... and poison had killed it twice before
+    with HopThread(cfg):
+        dlq = read_topic(kafka_config, kafka.TOPIC_DLQ, lambda g: len(g) >= 1, "DeadLetter",
+                         keep=lambda r: r["file_path"] == poison)
+        got = read_topic(kafka_config, cfg.queue.topic, lambda g: packets_total(g) >= len(record_offsets(packets)),
+                         "PcapBatch")
+        wait_drained(lists, cfg)
+    assert [r["reason"] for _, _, r in dlq] == ["crash_loop"]
+    assert {r["file_path"] for _, _, r in got} == {fine}
+    assert lists.lrange(f"d4bridge:failed:1:{q}", 0, -1) == [poison.encode()]
+    assert not lists.exists(f"d4bridge:attempts:1:{q}")  # counts dropped once items are finished
+
+
 # --- as a process: SIGKILL, SIGTERM, two consumers ----------------------------------------
 
 
@@ -440,6 +461,7 @@ def test_sigkill_mid_file_then_restart_loses_nothing(kafka_config, redis_url, un
     got = read_topic(kafka_config, cfg.queue.topic, lambda g: unique_packets(g) >= want, "PcapBatch")
     dups = check_complete(got, expected)
     assert set(dups) == {large} and dups[large] >= 20
+    assert not lists.exists(f"d4bridge:attempts:1:{cfg.queue.queue_uuid}")
 
 
 def test_sigterm_finishes_the_file_in_hand(kafka_config, redis_url, unique, lists, meta, tmp_path) -> None:
