@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 import socket
 import ssl
@@ -27,6 +26,7 @@ from bridge import metrics, records
 from bridge.assembler import PcapAssembler, PcapChunkBatch, PcapStreamError
 from bridge.config import Config
 from bridge.d4.client import parse_host_port
+from bridge.d4.cutters import CutError, JsonObjectCutter, LineCutter
 from bridge.d4.frame import Frame, FrameDecoder, FrameError, FrameSigner, Header
 from bridge.d4.keys import Admission, KeysFileError, load_keys_file, next_header_refusal
 from bridge.d4.tls import server_context
@@ -37,7 +37,6 @@ from bridge.pcap import global_header, pack_record
 log = logging.getLogger(__name__)
 
 TICK = 0.025  # seconds between age flushes / producer polls
-META_LIMIT = 1_000_000  # a type-2 meta header that is not JSON within this many bytes is refused
 KEEPALIVE = (15, 5, 3)  # idle, interval, count: a dead peer is noticed after ~30 s
 
 
@@ -126,47 +125,6 @@ class Inflight:
         return self.bytes <= self.low
 
 
-class LineRecords:
-    """Cut a byte stream into D4Record payloads of whole lines, closed by size or age."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.tail = bytearray()  # bytes after the last newline
-        self.open = bytearray()  # whole lines waiting to be closed into a record
-        self.opened_at = 0.0
-
-    def feed(self, data: bytes, now: float) -> list[bytes]:
-        self.tail += data
-        cut = self.tail.rfind(b"\n") + 1
-        if not cut and len(self.tail) >= self.max_bytes:
-            cut = len(self.tail)  # a line longer than a record is cut, as d4-core's workers do
-        if not cut:
-            return []
-        if not self.open:
-            self.opened_at = now
-        self.open += self.tail[:cut]
-        del self.tail[:cut]
-        out: list[bytes] = []
-        while len(self.open) >= self.max_bytes:
-            end = self.open.rfind(b"\n", 0, self.max_bytes) + 1 or self.max_bytes
-            out.append(bytes(self.open[:end]))
-            del self.open[:end]
-        return out
-
-    def due(self, now: float, max_age: float) -> list[bytes]:
-        if self.open and now - self.opened_at >= max_age:
-            out = [bytes(self.open)]
-            self.open.clear()
-            return out
-        return []
-
-    def close(self) -> list[bytes]:
-        out = [bytes(b) for b in (self.open, self.tail) if b]
-        self.open.clear()
-        self.tail.clear()
-        return out
-
-
 class Session(asyncio.Protocol):
     """One sensor connection."""
 
@@ -185,8 +143,8 @@ class Session(asyncio.Protocol):
         self.last_data = time.monotonic()
         self.seq = 0
         self.assembler: PcapAssembler | None = None
-        self.lines: LineRecords | None = None
-        self.meta_buf = bytearray()
+        self.lines: LineCutter | None = None
+        self.meta = JsonObjectCutter()
         self.meta_type: str | None = None
         self.last_ts = 0
 
@@ -316,35 +274,18 @@ class Session(asyncio.Protocol):
     def _other(self, frame: Frame) -> None:
         now = time.monotonic()
         if frame.header.type == 2:
-            self.meta_buf += frame.payload
-            self._meta_objects()
+            try:
+                objects = self.meta.feed(frame.payload)
+            except CutError as exc:
+                raise Rejection(exc.reason, exc.detail) from None
+            for obj, raw in objects:
+                self.meta_type = obj["type"]
+                self._produce_record(2, raw)
             return
         if self.lines is None:
-            self.lines = LineRecords(self.server.cfg.batch_bytes)
+            self.lines = LineCutter(self.server.cfg.batch_bytes)
         for data in self.lines.feed(frame.payload, now):
             self._produce_record(frame.header.type, data)
-
-    def _meta_objects(self) -> None:
-        """Produce every complete JSON object of the type-2 stream (d4-core worker 2's rule)."""
-        decoder = json.JSONDecoder()
-        while self.meta_buf.strip():
-            try:
-                text = self.meta_buf.decode("utf-8")
-            except UnicodeDecodeError:
-                raise Rejection("bad_meta_header", "not UTF-8") from None
-            start = len(text) - len(text.lstrip())
-            try:
-                obj, end = decoder.raw_decode(text, start)
-            except json.JSONDecodeError:
-                if len(self.meta_buf) > META_LIMIT:
-                    raise Rejection("bad_meta_header", f"no JSON object in {len(self.meta_buf)} bytes") from None
-                return  # incomplete: wait for more
-            if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-                raise Rejection("bad_meta_header", 'JSON object without a string "type"')
-            self.meta_type = obj["type"]
-            raw = text[start:end].encode("utf-8")
-            del self.meta_buf[: len(text[:end].encode("utf-8"))]
-            self._produce_record(2, raw)
 
     # --- output
 
