@@ -54,6 +54,7 @@ D4_TYPE_PCAP = 1
 IDLE_TICK = 0.05  # seconds a session thread waits for work before checking acknowledgements
 COMMIT_INTERVAL = 0.5  # seconds between offset commits
 CONSUME_BATCH = 200
+PAUSE_AFTER = 1.0  # seconds over the queue bound before the partitions are paused (an outage, not a hiccup)
 PEEK_RECORDS = 5  # latest records per partition checked at start
 
 
@@ -170,7 +171,7 @@ class Session:
     """
 
     def __init__(self, identity: Identity, linktype: int, nsec: bool, plan: Plan, done: "queue.SimpleQueue[Token]",
-                 stop: threading.Event, drain_timeout: float) -> None:
+                 stop: threading.Event, drain_timeout: float, sent: threading.Event) -> None:
         self.identity = identity
         self.linktype = linktype
         self.nsec = nsec
@@ -180,6 +181,7 @@ class Session:
                                tls=plan.tls, options=plan.options, on_session_start=lambda: header, stop=stop)
         self.done = done
         self.stop = stop
+        self.sent = sent  # set after each record written: wakes a paused consumer loop
         self.drain_timeout = drain_timeout
         self.error: BaseException | None = None
         self._inbox: deque[Work] = deque()
@@ -251,6 +253,7 @@ class Session:
         self._awaiting.append((self.sender.messages_sent, work.token))
         with self._cond:
             self._queued -= work.nbytes
+        self.sent.set()
 
     def _release(self) -> None:
         released = self.sender.messages_released
@@ -282,8 +285,11 @@ class Egress:
         self.done: queue.SimpleQueue[Token] = queue.SimpleQueue()
         self.sessions: dict[tuple[str, int], Session] = {}
         self.stop_senders = threading.Event()
+        self.sent = threading.Event()
         self.paused = False
+        self._full_since: float | None = None
         self._paused_parts: set[tuple[str, int]] = set()
+        self._avg_record = 64 * 1024.0  # running mean record size: sizes each consume() to the room left
         self._last_commit = 0.0
         self.dlq = kafka.make_producer(cfg.kafka, HOP)
         self.consumer = kafka.make_consumer(cfg.kafka, HOP, self.ecfg.group, [self.ecfg.topic],
@@ -322,17 +328,24 @@ class Egress:
                 self._collect()
                 if time.monotonic() - self._last_commit >= COMMIT_INTERVAL:
                     self._commit(None, sync=False)
-                self._flow_control()
-                for msg in self.consumer.consume(CONSUME_BATCH, 0.1):
-                    err = msg.error()
-                    if err is None:
-                        self._handle(msg)
-                    elif err.fatal():
-                        raise RuntimeError(f"fatal consumer error: {err}")
-                    elif err.code() != KafkaError._PARTITION_EOF:
-                        log.warning("egress: consumer error: %s", err)
+                room = self._flow_control()
+                if room or self.paused:
+                    # paused: keep polling (group membership, max.poll.interval.ms) without waiting;
+                    # a record fetched before the pause took effect still comes out and is handled
+                    for msg in self.consumer.consume(max(room, 1), 0.1 if room else 0):
+                        err = msg.error()
+                        if err is None:
+                            self._handle(msg)
+                        elif err.fatal():
+                            raise RuntimeError(f"fatal consumer error: {err}")
+                        elif err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("egress: consumer error: %s", err)
                 self.dlq.poll(0)
                 self._gauges()
+                if not room:
+                    # wake as soon as a session wrote something, so the backlog is refilled at once
+                    self.sent.wait(0.1)
+                    self.sent.clear()
         except Exception:
             log.exception("egress: stopping on error")
             status = 1
@@ -357,6 +370,7 @@ class Egress:
         nsec = rec["ts_precision"] == "nsec"
         session = self._session(identity, rec["linktype"], nsec)
         packets = convert_precision(rec["packets"], nsec, session.nsec)
+        self._avg_record += (len(packets) - self._avg_record) / 16
         try:
             payloads = frame_payloads(packets, self.ecfg.frame_size)
         except PcapFormatError as exc:
@@ -373,7 +387,7 @@ class Egress:
         if session is None:
             # the first record fixes the session's timestamp unit; later ones are converted
             session = Session(identity, linktype, nsec, self.plan, self.done, self.stop_senders,
-                              self.ecfg.drain_timeout)
+                              self.ecfg.drain_timeout, self.sent)
             self.sessions[key] = session
             log.info("egress: upstream session %s to %s:%d", session.name, self.plan.host, self.plan.port)
         return session
@@ -411,25 +425,39 @@ class Egress:
             self.tracker.uncommit(positions)
             log.warning("egress: offset commit failed (retried later): %s", exc)
 
-    def _flow_control(self) -> None:
+    def _flow_control(self) -> int:
+        """Decide how many records to read now (0: none) by the bytes waiting for the upstream.
+
+        Over ``max_queued_bytes`` reading stops; a stall longer than ``PAUSE_AFTER`` (server slow
+        or down) pauses the partitions so the loop can keep polling without receiving records.
+        Reading resumes below half the bound. Reads are sized to the room left, so the bound is
+        overshot by a record or two at most.
+        """
         queued = sum(s.queued_bytes for s in self.sessions.values())
         limit = self.ecfg.max_queued_bytes
-        if not self.paused and queued > limit:
-            self.paused = True
-            log.info("egress: %d bytes waiting for the upstream: pausing consumption", queued)
-        elif self.paused and queued <= limit // 2:
+        now = time.monotonic()
+        if queued > limit or (self.paused and queued > limit // 2):
+            if self._full_since is None:
+                self._full_since = now
+            if not self.paused and now - self._full_since >= PAUSE_AFTER:
+                self.paused = True
+                log.info("egress: upstream stalled (%d bytes waiting): pausing consumption", queued)
+            if self.paused:
+                # partitions assigned while paused are paused too
+                new = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) not in self._paused_parts]
+                if new:
+                    self.consumer.pause(new)
+                    self._paused_parts.update((tp.topic, tp.partition) for tp in new)
+            return 0
+        if self.paused:
             self.paused = False
             parts = [TopicPartition(t, p) for t, p in self._paused_parts]
             if parts:
                 self.consumer.resume(parts)
             self._paused_parts.clear()
-            log.info("egress: upstream caught up: resuming consumption")
-        if self.paused:
-            # partitions assigned while paused are paused too
-            new = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) not in self._paused_parts]
-            if new:
-                self.consumer.pause(new)
-                self._paused_parts.update((tp.topic, tp.partition) for tp in new)
+            log.info("egress: upstream caught up after %.1f s: resuming consumption", now - (self._full_since or now))
+        self._full_since = None
+        return int(max(1, min(CONSUME_BATCH, (limit - queued) // max(self._avg_record, 1.0))))
 
     def _gauges(self) -> None:
         metrics.EGRESS_SESSIONS.set(len(self.sessions))
