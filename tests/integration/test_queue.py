@@ -21,6 +21,7 @@ from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
 from bridge import kafka, records, traffic
+from bridge.broker import free_port, wait_for_port
 from bridge.cli import main as cli_main
 from bridge.config import Config, KafkaConfig
 from bridge.hop import Shutdown
@@ -390,6 +391,68 @@ def test_item_that_keeps_killing_consumers_is_set_aside(kafka_config, redis_url,
     assert {r["file_path"] for _, _, r in got} == {fine}
     assert lists.lrange(f"d4bridge:failed:1:{q}", 0, -1) == [poison.encode()]
     assert not lists.exists(f"d4bridge:attempts:1:{q}")  # counts dropped once items are finished
+
+
+def test_broker_down_keeps_the_item_for_later(kafka_config, redis_url, unique, lists, meta, tmp_path) -> None:
+    cfg = queue_config(kafka_config, redis_url, unique)
+    packets = telescope_packets(3, 300, seed=9)
+    path = str(d4core_file(tmp_path, uuidlib.uuid4().hex, T0, packets))
+    push_like_d4core(lists, meta, cfg.queue.queue_uuid, path)
+    down = Config()
+    down.site, down.queue = cfg.site, cfg.queue
+    down.kafka = KafkaConfig(bootstrap=f"127.0.0.1:{free_port()}", statistics_interval_ms=0,
+                             extra={"message.timeout.ms": 1500})  # nothing listens there
+    retries = metric("d4bridge_queue_retries_total", reason="delivery_failed")
+    processing = f"d4bridge:processing:1:{cfg.queue.queue_uuid}:{cfg.queue.consumer}"
+    with HopThread(down):
+        deadline = time.monotonic() + 30
+        while metric("d4bridge_queue_retries_total", reason="delivery_failed") - retries < 2:
+            assert time.monotonic() < deadline, "no delivery failure seen"
+            time.sleep(0.1)
+        assert lists.lrange(processing, 0, -1) == [path.encode()]  # neither failed nor dropped
+    assert lists.lrange(processing, 0, -1) == [path.encode()]
+    assert lists.llen(f"d4bridge:failed:1:{cfg.queue.queue_uuid}") == 0
+    with HopThread(cfg):  # the broker is back (same consumer): the item is done first
+        got = read_topic(kafka_config, cfg.queue.topic, lambda g: packets_total(g) >= len(record_offsets(packets)),
+                         "PcapBatch")
+        wait_drained(lists, cfg)
+    assert check_complete(got, {path: packets}) == {}
+
+
+def test_redis_restart_is_survived(kafka_config, unique, tmp_path) -> None:
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            "--appendfsync", "always", "--dir", str(tmp_path)]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, 10, server)
+        url = f"redis://127.0.0.1:{port}/0"
+        cfg = queue_config(kafka_config, url, unique)
+        lists = redis.Redis.from_url(db_url(url, 2))
+        meta = redis.Redis.from_url(db_url(url, 0))
+        expected = {}
+        outages = metric("d4bridge_queue_retries_total", reason="redis_unavailable")
+        with HopThread(cfg):
+            for i in range(2):
+                packets = telescope_packets(3, 300, seed=20 + i)
+                path = str(d4core_file(tmp_path, uuidlib.uuid4().hex, T0 + 300 * i, packets))
+                expected[path] = packets
+                if i == 1:  # d4-core's Redis restarts between two rotations
+                    server.terminate()
+                    server.wait(10)
+                    time.sleep(2)
+                    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+                    wait_for_port("127.0.0.1", port, 10, server)
+                push_like_d4core(lists, meta, cfg.queue.queue_uuid, path)
+                wait_drained(lists, cfg, timeout=60)
+        got = read_topic(kafka_config, cfg.queue.topic,
+                         lambda g: packets_total(g) >= sum(len(record_offsets(p)) for p in expected.values()),
+                         "PcapBatch")
+        assert check_complete(got, expected) == {}
+        assert metric("d4bridge_queue_retries_total", reason="redis_unavailable") > outages
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 # --- as a process: SIGKILL, SIGTERM, two consumers ----------------------------------------
