@@ -169,7 +169,7 @@ class Session(asyncio.Protocol):
         self.last_data = time.monotonic()
         self.decoder.feed(data)
         if not self.admitting:
-            self.drain()
+            self.safe_drain()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -193,6 +193,14 @@ class Session(asyncio.Protocol):
         if refusal:
             raise FrameError(refusal, f"uuid {uuid_hex} type {self.d4_type} -> {h.type}")
         self.d4_type = h.type
+
+    def safe_drain(self) -> None:
+        """``drain``, where an unexpected error costs this session only (logged, counted)."""
+        try:
+            self.drain()
+        except Exception:
+            log.exception("ingress: session %s (sensor %s): internal error", self.session_id, self.uuid_hex)
+            self.reject("internal_error")
 
     def drain(self) -> None:
         """Process every complete frame in the decoder."""
@@ -258,7 +266,7 @@ class Session(asyncio.Protocol):
         if not self.server.paused:
             assert self.transport is not None
             self.transport.resume_reading()
-        self.drain()
+        self.safe_drain()
 
     def _feed_pcap(self, parts: list[bytes]) -> None:
         if not parts or self.assembler is None:
@@ -373,7 +381,7 @@ class IngressServer:
         self.paused = False
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
-        self._frames = {t: metrics.INGRESS_FRAMES.labels(str(t)) for t in range(256)}
+        self._frames: dict[int, Any] = {}  # label children, created on first use
 
     async def start(self) -> int:
         host, port = parse_host_port(self.cfg.listen, allow_zero=True)
@@ -470,7 +478,10 @@ class IngressServer:
 
     def count_frames(self, d4_type: int, frames: int, size: int) -> None:
         if frames:
-            self._frames[d4_type].inc(frames)
+            counter = self._frames.get(d4_type)
+            if counter is None:
+                counter = self._frames[d4_type] = metrics.INGRESS_FRAMES.labels(str(d4_type))
+            counter.inc(frames)
             metrics.INGRESS_BYTES.inc(size)
 
     def produce(self, topic: str, value: bytes, key: str, packets: int = 0) -> None:
