@@ -26,6 +26,14 @@ VECTOR_META = bytes.fromhex(
     "0102cd980d75dcf147dabb60aabe94fea6b2d37a1f6100000000ef60cf272d37f03b4511d3f0b1ac72f77ead"
     "535cadf52c5b38de0458eaa448b0120000007b2274797065223a20226a61332d6a6c227d"
 )
+VECTOR_A = bytes.fromhex(
+    "0101cd980d75dcf147dabb60aabe94fea6b2d37a1f6100000000e6d1f434d8daa2e05ca14dca5407ffd4c45d0522273afc8cb7"
+    "28a24b1b61f06a04000000626c6168"
+)
+VECTOR_B = bytes.fromhex(
+    "0101388b27e292b541ea8469a609097aea591cd6ee6000000000f671258167de74418124248e5bed9607f2d5"
+    "ad54d617c1dfbe419d5ed04d31f906000000626c6168680a"
+)
 
 
 def test_interop_tls_concurrent_sensors(kafka_config, unique, tmp_path):
@@ -472,3 +480,19 @@ def test_backpressure_when_the_broker_stalls(tmp_path):
             assert metrics.INGRESS_PAUSED._value.get() == 0
     assert packets_of(out, u.hex) == recs
 
+
+@pytest.mark.parametrize("vector", [VECTOR_A, VECTOR_B])
+def test_reference_vectors_accepted(rules, vector):
+    """Vectors A and B (d4-rustclient, key 'private key to change') pass every rule and the HMAC
+    check: the frame is counted and the connection stays open. Their 'blah' payloads are not a
+    pcap stream, which only the assembler notes when the session ends."""
+    from bridge import metrics
+
+    frames_before = metrics.INGRESS_FRAMES.labels("1")._value.get()
+    sock = connect(rules.ing.port, tls=False)
+    sock.sendall(vector)
+    deadline = time.monotonic() + 5
+    while metrics.INGRESS_FRAMES.labels("1")._value.get() < frames_before + 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert metrics.INGRESS_FRAMES.labels("1")._value.get() == frames_before + 1
+    assert not closed_by_server(sock, timeout=0.5)  # still open: nothing was refused
