@@ -48,6 +48,7 @@ def test_interop_tls_concurrent_sensors(kafka_config, unique, tmp_path):
             stream, recs = capture(3000, seed)
             rng = random.Random(seed)
             data = frames(stream, u.bytes, KEY, iter(lambda: rng.randint(1, 65535), None))
+            data += encode_frame(1, u.bytes, KEY, b"")  # the C client's empty frame at EOF
             sensors[u.hex] = recs
             sock = connect(ing.port, tls=True)
             pos = 0
