@@ -6,6 +6,7 @@ pcap, gzip level 6 as a d4-core file (~4x smaller). FILES such files, one per se
 are LPUSHed at once the way d4-core's file_compressor pushes them; the clock runs from
 the push until the hop's processing list and the queue are empty, which it allows only
 after the broker acknowledged every batch of a file (acks=all, idempotent producer).
+Three rounds, interleaved with the d4-core pipeline's rounds; medians are reported.
 
 Compared in the same run with what a d4-core user runs for the job:
 ``while :; do d4-stdout.py -t 1 -u Q -f | zcat > /dev/null; done`` (analyzer-d4-stdout exits
@@ -25,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 RATE = 3000  # packets/s seen by the telescope
 ROTATION = 300  # seconds per file (d4-core's tcpdump -G 300)
 FILES = int(os.environ.get("BENCH_QUEUE_FILES", "4"))
+ROUNDS = 3  # medians of 3 interleaved rounds: the machine is shared
 T0 = 1_764_000_000
 
 # analyzer-d4-stdout -f, reduced to what it does for this job (§4 of the d4 reference).
@@ -107,37 +110,49 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_bridge(bootstrap: str, redis_port: int, lists: redis.Redis, paths: list[str]) -> dict:
-    queue = str(uuidlib.uuid4())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "queue", "--bootstrap", bootstrap, "--redis",
-         f"redis://127.0.0.1:{redis_port}/2", "--queue-uuid", queue, "--consumer", "bench", "--site", "bench",
-         "--metrics-port", "0"], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    try:
-        while not lists.exists(f"d4bridge:lease:1:{queue}:bench"):
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read())
-            time.sleep(0.05)
-        time.sleep(1.0)  # let it settle into BLMOVE
-        idle_rss = rss_mb(proc.pid)
-        cpu0 = cpu_seconds(proc.pid)
-        start = time.perf_counter()
-        push(lists, queue, paths)
-        while lists.llen(f"analyzer:1:{queue}") or lists.llen(f"d4bridge:processing:1:{queue}:bench"):
+class BridgeProcess:
+    """``d4-bridge queue`` as a process on its own queue; each ``round`` pushes the files and times the drain."""
+
+    def __init__(self, bootstrap: str, redis_port: int, lists: redis.Redis) -> None:
+        self.lists = lists
+        self.queue = str(uuidlib.uuid4())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "queue", "--bootstrap", bootstrap, "--redis",
+             f"redis://127.0.0.1:{redis_port}/2", "--queue-uuid", self.queue, "--consumer", "bench", "--site",
+             "bench", "--metrics-port", "0"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        self.wait_ready()
+        self.idle_rss = rss_mb(self.proc.pid)
+
+    def wait_ready(self) -> None:
+        while not any(c.get("cmd") == "blmove" for c in self.lists.client_list()):  # waiting in BLMOVE
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stderr.read())
             time.sleep(0.01)
-        elapsed = time.perf_counter() - start
-        cpu = cpu_seconds(proc.pid) - cpu0
-        rss = peak_rss_mb(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        log = proc.stderr.read()
-    finally:
-        proc.kill()
-    m = re.search(r"stopped: (\d+) files \((\d+) packets\), \d+ lines, (\d+) failed", log)
-    if not m:
-        raise RuntimeError("no summary line from the hop:\n" + log[-2000:])
-    return {"elapsed": elapsed, "cpu": cpu, "rss": rss, "idle_rss": idle_rss, "files": int(m.group(1)), "packets": int(m.group(2)),
-            "failed": int(m.group(3))}
+
+    def round(self, paths: list[str]) -> tuple[float, float]:
+        """(wall seconds, hop CPU seconds) from the push until every file is acknowledged and removed."""
+        self.wait_ready()
+        cpu0 = cpu_seconds(self.proc.pid)
+        start = time.perf_counter()
+        push(self.lists, self.queue, paths)
+        while self.lists.llen(f"analyzer:1:{self.queue}") or self.lists.llen(
+                f"d4bridge:processing:1:{self.queue}:bench"):
+            time.sleep(0.01)
+        return time.perf_counter() - start, cpu_seconds(self.proc.pid) - cpu0
+
+    def stop(self) -> dict:
+        """Peak RSS and the hop's own summary of what it produced."""
+        try:
+            rss = peak_rss_mb(self.proc.pid)
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+            log = self.proc.stderr.read()
+        finally:
+            self.proc.kill()
+        m = re.search(r"stopped: (\d+) files \((\d+) packets\), \d+ lines, (\d+) failed", log)
+        if not m:
+            raise RuntimeError("no summary line from the hop:\n" + log[-2000:])
+        return {"rss": rss, "files": int(m.group(1)), "packets": int(m.group(2)), "failed": int(m.group(3))}
 
 
 def run_d4core(redis_port: int, lists: redis.Redis, paths: list[str], workdir: Path) -> float:
@@ -166,24 +181,31 @@ def main() -> None:
         gz_bytes = os.path.getsize(paths[0])
         with EmbeddedBroker(log_file=str(work / "tansu.log")) as broker:
             kafka.create_topics(KafkaConfig(bootstrap=broker.bootstrap), 3)
-            bridge = run_bridge(broker.bootstrap, port, lists, paths)
-        base = run_d4core(port, lists, paths, work)
+            hop = BridgeProcess(broker.bootstrap, port, lists)
+            bridge_rounds, base_rounds = [], []
+            for _ in range(ROUNDS):  # interleaved, so both see the same machine load
+                bridge_rounds.append(hop.round(paths))
+                base_rounds.append(run_d4core(port, lists, paths, work))
+            bridge = hop.stop()
     finally:
         redis_proc.terminate()
         redis_proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    assert bridge["files"] == FILES and bridge["packets"] == FILES * per_file and bridge["failed"] == 0, bridge
-    t = bridge["elapsed"]
+    assert bridge["files"] == ROUNDS * FILES and bridge["packets"] == ROUNDS * FILES * per_file, bridge
+    assert bridge["failed"] == 0, bridge
+    t = statistics.median(w for w, _ in bridge_rounds)
+    cpu = sum(c for _, c in bridge_rounds) / (ROUNDS * FILES)
+    base = statistics.median(base_rounds)
     note = (f"{FILES} files x {per_file:,} packets ({pcap_bytes / 1e6:.0f} MB pcap, {gz_bytes / 1e6:.0f} MB gz): "
-            f"{RATE} pkt/s x {ROTATION} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+            f"{RATE} pkt/s x {ROTATION} s; median of {ROUNDS}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     report("queue", [
         Figure("d4-bridge queue: files/s (queue -> acked on d4.pcap)", FILES / t, "files/s", 1.0, note=note),
         Figure("d4-bridge queue: packets/s", FILES * per_file / t, "pkt/s"),
         Figure("d4-bridge queue: pcap MB/s", FILES * pcap_bytes / 1e6 / t, "MB/s"),
-        Figure("d4-bridge queue: files per CPU-second of the hop process", FILES / bridge["cpu"], "files/s", 1.0,
+        Figure("d4-bridge queue: files per CPU-second of the hop process", 1 / cpu, "files/s", 1.0,
                note="what one free core would do (librdkafka threads included)"),
         Figure("d4-bridge queue: peak RSS", bridge["rss"], "MB", 250, higher_is_better=False,
-               note=f"{bridge['idle_rss']:.0f} MB when idle before the files"),
+               note=f"{hop.idle_rss:.0f} MB when idle before the files"),
         Figure("d4-core d4-stdout -f | zcat > /dev/null: files/s", FILES / base, "files/s",
                note="no broker, no acks, file lost if zcat dies"),
         Figure("d4-core d4-stdout -f | zcat > /dev/null: packets/s", FILES * per_file / base, "pkt/s"),

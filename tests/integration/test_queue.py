@@ -552,19 +552,19 @@ def test_sigterm_finishes_the_file_in_hand(kafka_config, redis_url, unique, list
 def test_two_consumers_share_one_queue(kafka_config, redis_url, unique, lists, meta, tmp_path) -> None:
     cfg = queue_config(kafka_config, redis_url, unique)
     q = cfg.queue.queue_uuid
+    expected: dict[str, bytes] = {}
+    for i in range(12):
+        packets = telescope_packets(30, 1500, seed=60 + i)
+        expected[str(d4core_file(tmp_path, uuidlib.uuid4().hex, T0 + 300 * i, packets))] = packets
     procs = [start_process(cfg, None) for _ in range(2)]  # default names: the host name, then -2
     try:
         deadline = time.monotonic() + 60
-        while len(lists.keys(f"d4bridge:lease:1:{q}:*")) < 2:
+        while sum(c.get("cmd") == "blmove" for c in lists.client_list()) < 2:  # both wait in BLMOVE
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
             time.sleep(0.1)
         assert {k.decode() for k in lists.keys(f"d4bridge:lease:1:{q}:*")} == \
             {f"d4bridge:lease:1:{q}:{HOST}", f"d4bridge:lease:1:{q}:{HOST}-2"}
-        expected: dict[str, bytes] = {}
-        for i in range(12):
-            packets = telescope_packets(30, 1500, seed=60 + i)
-            path = str(d4core_file(tmp_path, uuidlib.uuid4().hex, T0 + 300 * i, packets))
-            expected[path] = packets
+        for path in expected:
             push_like_d4core(lists, meta, q, path)
         wait_drained(lists, cfg)
         for p in procs:
