@@ -132,6 +132,11 @@ ANALYZE_EVENTS = Counter("d4bridge_analyze_events_total", "Backscatter events em
 ANALYZE_EVICTIONS = Counter("d4bridge_analyze_evictions_total", "Tracked victims evicted by the state cap")
 ANALYZE_LATE = Counter("d4bridge_analyze_late_packets_total", "Packets behind the watermark (dropped)")
 ANALYZE_DUPLICATES = Counter("d4bridge_analyze_duplicates_total", "Same packet seen by several sites")
+ANALYZE_OUTSIDE = Counter("d4bridge_analyze_outside_telescope_packets_total",
+                          "Backscatter-class packets to addresses outside their site's telescope (ignored)")
+ANALYZE_SNAPSHOTS = Counter("d4bridge_analyze_snapshots_total", "State snapshots written to the state topic")
+ANALYZE_REPLAYED = Counter("d4bridge_analyze_replayed_events_total",
+                           "Events recomputed after a restart or rebalance and not emitted again (already published)")
 
 # --- sink / export -------------------------------------------------------------------------
 

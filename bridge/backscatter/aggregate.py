@@ -5,10 +5,13 @@ protocol); packets, bytes, first/last seen, distinct telescope addresses, ports,
 ICMP mismatches, the largest packet count in a 60 s window sliding by 10 s,
 per-site and per-sensor counts; idle timeout 300 s; an attack when packets >= 25,
 duration >= 60 s and peak >= 30 packets/minute. Multi-site merge (§I): event
-time with a watermark (largest time seen minus the allowed lateness; older
-packets are dropped and counted), byte-identical IP packets seen by two sites
-within ``dedup_window_s`` are counted once, and the estimate uses the union of
-the contributing sites' telescopes.
+time with per-sensor watermarks (a packet more than the allowed lateness behind
+its own sensor's newest time is dropped and counted; vectors expire against
+the slowest sensor that is still active, so one site catching up on a backlog
+neither loses packets nor splits an attack), byte-identical IP packets seen by
+two sensors within ``dedup_window_s`` are counted once (as are exact replays of
+one sensor's packet after a restart, same time stamp), and the estimate uses
+the union of the contributing sites' telescopes.
 
 Layout, chosen for speed and bounded memory:
 - every tracked vector is a row of numpy columns, updated by one numba loop per
@@ -39,6 +42,7 @@ from bridge.backscatter.telescope import Telescopes
 _NS = 1_000_000_000
 _BS_CLASSES = len(CLASS_NAMES) - FIRST_BACKSCATTER
 _SNAPSHOT_VERSION = 1
+_NEVER = int(np.iinfo(np.int64).min)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class DetectorConfig:
     window_buckets: int = 6  # 60 s window sliding by 10 s
     allowed_lateness_s: float = 60.0
     update_interval_s: float = 60.0
-    dedup_window_s: float = 10.0
+    source_idle_s: float = 900.0  # a sensor this far behind the newest one no longer holds expiry back
+    dedup_window_s: float = 5.0  # two sites' copies of a packet: clock offsets up to +-2.5 s
     dedup_slots: int = 1 << 20
     max_victims: int = 262_144
     max_addresses_per_victim: int = 1 << 18
@@ -91,8 +96,13 @@ class Stats:
 
 
 @njit(cache=True, nogil=True)
-def _dedup(digest, ts, table_h, table_t, window_ns):  # pragma: no cover - jitted
-    """Mark packets already seen (same digest within window_ns); remember the others."""
+def _dedup(digest, ts, sensor, table_h, table_t, table_s, sensor_max, window_ns, keep_ns):  # pragma: no cover
+    """Mark copies: the same packet from another sensor within window_ns, or a replay (same sensor, same time).
+
+    A SYN-ACK retransmission (same bytes, same sensor, later time) is not a copy.
+    An entry is kept until its own sensor's time is keep_ns past it (sensors may
+    be read far apart in time); a full probe run overwrites its oldest entry.
+    """
     n = digest.shape[0]
     mask = table_h.shape[0] - 1
     dup = np.zeros(n, np.bool_)
@@ -102,18 +112,23 @@ def _dedup(digest, ts, table_h, table_t, window_ns):  # pragma: no cover - jitte
         if h == 0:
             h = np.uint64(1)  # 0 marks an empty slot
         t = ts[i]
+        s = sensor[i]
         slot = np.int64(h & np.uint64(mask))
         free = -1
         oldest = slot
         for _ in range(16):
             th = table_h[slot]
-            if th == h and abs(table_t[slot] - t) <= window_ns:
-                dup[i] = True
-                break
-            if free < 0 and (th == 0 or table_t[slot] < t - window_ns):
-                free = slot
             if th == 0:
+                if free < 0:
+                    free = slot
                 break
+            if th == h:
+                dt = abs(table_t[slot] - t)
+                if (table_s[slot] != s and dt <= window_ns) or (table_s[slot] == s and dt == 0):
+                    dup[i] = True
+                    break
+            if free < 0 and table_t[slot] < sensor_max[table_s[slot]] - keep_ns:
+                free = slot
             if table_t[slot] < table_t[oldest]:
                 oldest = slot
             slot = (slot + 1) & mask
@@ -123,6 +138,7 @@ def _dedup(digest, ts, table_h, table_t, window_ns):  # pragma: no cover - jitte
                 overflow += 1
             table_h[free] = h
             table_t[free] = t
+            table_s[free] = s
     return dup, overflow
 
 
@@ -200,18 +216,24 @@ class Aggregator:
         self.sensors: list[str] = []
         self.dedup_h = np.zeros(config.dedup_slots, np.uint64)
         self.dedup_t = np.zeros(config.dedup_slots, np.int64)
-        self.max_ts = np.iinfo(np.int64).min
+        self.dedup_s = np.zeros(config.dedup_slots, np.int32)
+        self.sensor_max: list[int] = []  # newest event time per sensor (aligned with self.sensors)
         self.swept_at = np.iinfo(np.int64).min
         self.stats = Stats()
 
     # ------------------------------------------------------------------ input
 
     @property
+    def max_ts(self) -> int:
+        """Newest event time seen from any sensor."""
+        return max(self.sensor_max, default=_NEVER)
+
+    @property
     def watermark_ns(self) -> int:
-        """Event time before which packets are late: largest time seen minus the allowed lateness."""
-        if self.max_ts == np.iinfo(np.int64).min:
-            return self.max_ts
-        return int(self.max_ts - self.config.allowed_lateness_s * _NS)
+        """Event time all active sensors have passed, minus the allowed lateness (drives expiry)."""
+        newest = self.max_ts
+        active = [t for t in self.sensor_max if t >= newest - self.config.source_idle_s * _NS]
+        return max(min(active, default=_NEVER) - int(self.config.allowed_lateness_s * _NS), _NEVER)
 
     @property
     def active_attacks(self) -> int:
@@ -225,14 +247,20 @@ class Aggregator:
         inside = self.telescopes.of(site).contains(cols.telescope)
         self.stats.outside_telescope += int(np.count_nonzero(keep & ~inside))
         keep &= inside
-        late = keep & (cols.ts_ns < self.watermark_ns)
+        source = self._sensor_index(sensor)
+        lateness = int(self.config.allowed_lateness_s * _NS)
+        # Judged against the packet's own sensor only: a site whose backlog is read after the
+        # others' (a consumer catching up serves partitions unevenly) loses nothing.
+        limit = max(self.sensor_max[source] - lateness, _NEVER)
+        late = keep & (cols.ts_ns < limit)
         self.stats.late += int(np.count_nonzero(late))
         idx = np.nonzero(keep & ~late)[0]
         if cols.count:
-            self.max_ts = max(self.max_ts, int(cols.ts_ns.max()))
+            self.sensor_max[source] = max(self.sensor_max[source], int(cols.ts_ns.max()))
         if idx.size:
-            dup, overflow = _dedup(cols.digest[idx], cols.ts_ns[idx], self.dedup_h, self.dedup_t,
-                                   int(self.config.dedup_window_s * _NS))
+            dup, overflow = _dedup(cols.digest[idx], cols.ts_ns[idx], np.full(idx.size, source, np.int32),
+                                   self.dedup_h, self.dedup_t, self.dedup_s, np.array(self.sensor_max, np.int64),
+                                   int(self.config.dedup_window_s * _NS), self._dedup_keep_ns)
             self.stats.duplicates += int(np.count_nonzero(dup))
             self.stats.dedup_overflow += int(overflow)
             idx = idx[~dup]
@@ -243,6 +271,16 @@ class Aggregator:
         events += self._decide(touched)
         events += self._sweep()
         return events
+
+    def advance(self, event_ns: int, sensor: str) -> list[dict[str, Any]]:
+        """``sensor``'s capture has reached ``event_ns`` (told without packets): expire idle vectors."""
+        source = self._sensor_index(sensor)
+        self.sensor_max[source] = max(self.sensor_max[source], int(event_ns))
+        return self._sweep()
+
+    @property
+    def _dedup_keep_ns(self) -> int:
+        return int((self.config.dedup_window_s + self.config.allowed_lateness_s) * _NS)
 
     def finish(self) -> list[dict[str, Any]]:
         """End of input: expire every vector (final events for declared attacks)."""
@@ -259,6 +297,7 @@ class Aggregator:
     def _sensor_index(self, sensor: str) -> int:
         if sensor not in self.sensors:
             self.sensors.append(sensor)
+            self.sensor_max.append(_NEVER)
         return self.sensors.index(sensor)
 
     def _aggregate(self, cols: Classified, idx: np.ndarray, site: str, sensor: str, events: list) -> np.ndarray:
@@ -428,16 +467,18 @@ class Aggregator:
         """Serialize the whole state (live rows, details, dedup memory, watermark)."""
         rows = np.array(sorted(self.index.values()), dtype=np.int64)
         arrays = {f"col_{name}": col[rows] for name, col in self.cols.items()}
-        live = self.dedup_t >= (self.max_ts - int(self.config.dedup_window_s * _NS))
-        arrays["dedup_h"] = self.dedup_h[live & (self.dedup_h != 0)]
-        arrays["dedup_t"] = self.dedup_t[live & (self.dedup_h != 0)]
+        horizon = np.array(self.sensor_max + [_NEVER], np.int64)[self.dedup_s] - self._dedup_keep_ns
+        live = (self.dedup_h != 0) & (self.dedup_t >= horizon)
+        arrays["dedup_h"] = self.dedup_h[live]
+        arrays["dedup_t"] = self.dedup_t[live]
+        arrays["dedup_s"] = self.dedup_s[live]
         details = []
         for pos, r in enumerate(rows.tolist()):
             d = self.details.get(r)
             if d is not None:
                 arrays[f"addr_{pos}"] = np.array(sorted(d.addresses), dtype=np.uint32)
                 details.append([pos, sorted(d.ports), d.sites, d.sensors])
-        meta = {"version": _SNAPSHOT_VERSION, "max_ts": int(self.max_ts), "swept_at": int(self.swept_at),
+        meta = {"version": _SNAPSHOT_VERSION, "sensor_max": self.sensor_max, "swept_at": int(self.swept_at),
                 "sites": self.sites, "sensors": self.sensors, "details": details,
                 "stats": {k: v for k, v in vars(self.stats).items() if k != "classes"},
                 "classes": self.stats.classes.tolist()}
@@ -462,8 +503,10 @@ class Aggregator:
             agg.index = {int(k): r for r, k in enumerate(agg.cols["key"][:n].tolist())}
             for pos, ports, sites, sensors in meta["details"]:
                 agg.details[pos] = _Detail(set(z[f"addr_{pos}"].tolist()), set(ports), sites, sensors)
-            _dedup(z["dedup_h"], z["dedup_t"], agg.dedup_h, agg.dedup_t, int(config.dedup_window_s * _NS))
-        agg.max_ts, agg.swept_at = meta["max_ts"], meta["swept_at"]
+            order = np.argsort(z["dedup_t"], kind="stable")  # re-insert oldest first, as they came
+            _dedup(z["dedup_h"][order], z["dedup_t"][order], z["dedup_s"][order], agg.dedup_h, agg.dedup_t,
+                   agg.dedup_s, np.array(meta["sensor_max"], np.int64), -1, agg._dedup_keep_ns)
+        agg.sensor_max, agg.swept_at = meta["sensor_max"], meta["swept_at"]
         agg.sites, agg.sensors = meta["sites"], meta["sensors"]
         agg.stats = replace(Stats(), **meta["stats"], classes=np.array(meta["classes"], np.int64))
         return agg

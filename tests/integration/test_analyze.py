@@ -1,0 +1,141 @@
+"""``d4-bridge analyze`` against the real broker: three sites, crash and restarts mid-attack."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaError
+
+from bridge import kafka, records
+from bridge import traffic as T
+from bridge.config import KafkaConfig
+
+pytestmark = pytest.mark.integration
+
+START = 1_700_000_000 * 10**9
+SITES = {"a": ("10.1.0.0/16",), "b": ("10.2.0.0/16",), "c": ("10.2.128.0/17", "10.3.0.0/17")}
+OFFSETS = {"a": -2.0, "b": 0.0, "c": 2.0}
+SENSORS = {"a": "aa" * 16, "b": "bb" * 16, "c": "cc" * 16}
+
+
+def _records(g: T.GeneratedTraffic, site: str, per_batch: int = 200) -> list[tuple[int, bytes]]:
+    """(last packet time, encoded PcapBatch) for one site's capture."""
+    out = []
+    for seq, lo in enumerate(range(0, g.count, per_batch)):
+        hi = min(g.count, lo + per_batch)
+        end = g.offsets[hi] if hi < g.count else len(g.packets)
+        rec = {"sensor_uuid": SENSORS[site], "site": site, "source": "d4", "session_id": f"s-{site}", "seq": seq,
+               "linktype": 1, "snaplen": 65535, "ts_precision": "usec", "first_ts_ns": int(g.ts_ns[lo]),
+               "last_ts_ns": int(g.ts_ns[hi - 1]), "packet_count": hi - lo,
+               "packets": g.packets[g.offsets[lo]:end], "created_ns": records.now_ns(), "file_path": None,
+               "batch_index": None, "sanitization": None, "lineage": None}
+        out.append((int(g.ts_ns[hi - 1]), records.encode("PcapBatch", rec)))
+    return out
+
+
+class Analyzer:
+    """One `d4-bridge analyze` process with its stdout in a file."""
+
+    def __init__(self, tmp: Path, name: str, args: list[str]) -> None:
+        self.out = tmp / f"{name}.jsonl"
+        self.err = tmp / f"{name}.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "analyze", *args],
+                                     stdout=self.out.open("w"), stderr=self.err.open("w"),
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+
+    def wait_for(self, predicate, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.events()):
+                return
+            assert self.proc.poll() is None, self.err.read_text()[-3000:]
+            time.sleep(0.3)
+        raise AssertionError(f"timed out; events {len(self.events())}; log:\n{self.err.read_text()[-3000:]}")
+
+    def stop(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+        assert self.proc.wait(60) in (0, -signal.SIGKILL), self.err.read_text()[-3000:]
+
+
+def _topic_events(kcfg: KafkaConfig, topic: str, group: str) -> list[dict]:
+    consumer = Consumer(kafka.consumer_conf(kcfg, "test", group) | {"enable.partition.eof": True})
+    consumer.subscribe([topic])
+    events, idle = [], time.monotonic()
+    while time.monotonic() - idle < 5:
+        msg = consumer.poll(0.5)
+        if msg is None or (msg.error() and msg.error().code() == KafkaError._PARTITION_EOF):
+            continue
+        events.append(records.decode(msg.value(), expect="BackscatterEvent"))
+        idle = time.monotonic()
+    consumer.close()
+    return events
+
+
+def test_three_sites_crash_and_restarts_mid_attack(tmp_path: Path, kafka_config: KafkaConfig, unique) -> None:
+    in_topic, out_topic, group = unique("pcap"), unique("backscatter"), unique("analyze")
+    kafka.create_topics(kafka_config, 2, topics=[in_topic])
+    prefixes = tuple(p for ps in SITES.values() for p in ps)
+    g = T.generate(T.Scenario(telescope=prefixes, attacks=T.reference_attacks(10, 300), seed=31), START, 720, 40)
+    feed = sorted((rec for site in SITES for rec in _records(T.site_view(g, SITES[site], OFFSETS[site]), site)),
+                  key=lambda r: r[0])
+    producer = kafka.make_producer(kafka_config, "test")
+
+    def produce_until(seconds: float) -> None:
+        while feed and feed[0][0] < START + seconds * 1e9:
+            value = feed.pop(0)[1]
+            producer.produce(in_topic, value, key=records.decode(value)["sensor_uuid"].encode())
+        assert producer.flush(30) == 0
+
+    def config(snapshot_seconds: float) -> list[str]:
+        path = tmp_path / f"analyze-{snapshot_seconds}.toml"
+        site_telescopes = ", ".join(f'"{s}={";".join(p)}"' for s, p in SITES.items())
+        path.write_text(f"[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 500\n"
+                        f"statistics_interval_ms = 0\nlinger_ms = 5\n"
+                        f"[analyze]\nsnapshot_seconds = {snapshot_seconds}\nsite_telescope = [{site_telescopes}]\n")
+        return ["--config", str(path), "--bootstrap", kafka_config.bootstrap, "--telescope", ",".join(prefixes),
+                "--topic", in_topic, "--out", out_topic, "--group", group, "--metrics-port", "0"]
+
+    declared = lambda evs: sum(e["status"] == "declared" for e in evs)  # noqa: E731
+    # 1: attacks under way; crash (SIGKILL) before any snapshot: the restart must replay everything
+    produce_until(150)
+    first = Analyzer(tmp_path, "run1", config(3600))
+    first.wait_for(lambda evs: declared(evs) == 5)
+    time.sleep(1)
+    first.stop(signal.SIGKILL)
+    # 2: more of the attacks; restart, then a graceful stop (snapshot on the way out)
+    produce_until(260)
+    second = Analyzer(tmp_path, "run2", config(1))
+    second.wait_for(lambda evs: any(e["status"] == "update" and e["last_seen_ns"] > START + 200e9 for e in evs))
+    second.stop(signal.SIGTERM)
+    # 3: the rest, past the idle timeout: restored from the snapshot, the attacks end
+    produce_until(10**6)
+    third = Analyzer(tmp_path, "run3", config(1))
+    third.wait_for(lambda evs: sum(e["status"] == "final" for e in evs) == 5)
+    third.stop(signal.SIGTERM)
+
+    printed = first.events() + second.events() + third.events()
+    published = _topic_events(kafka_config, out_topic, unique("check"))
+    for events in (printed, published):
+        idents = [(e["attack_id"], e["status"], e["seq"]) for e in events]
+        assert len(idents) == len(set(idents)), "an event was reported twice"
+    assert declared(second.events()) == 0 and declared(third.events()) == 0
+    for truth in g.truth:
+        mine = sorted((e for e in published if e["victim"] == truth.victim), key=lambda e: e["seq"])
+        assert [e["seq"] for e in mine] == list(range(len(mine))), "no event lost"
+        assert mine[0]["status"] == "declared" and mine[-1]["status"] == "final"
+        assert all(e["status"] == "update" for e in mine[1:-1])
+        final = mine[-1]
+        assert final["packets"] == truth.observed_packets, "every packet counted once across crash and sites"
+        assert final["protocol"] == truth.protocol and final["ports"] == ([] if truth.port is None else [truth.port])
+        assert abs(final["estimated_pps"] - truth.pps) <= 0.2 * truth.pps
+        assert set(final["sites"]) == set(SITES) and final["monitored_addresses"] == 2 * 65536 + 32768
