@@ -158,6 +158,7 @@ COMMANDS: dict[str, Command] = {
     "demo": Command("bridge.demo:run", "the whole private-site -> public-hub chain on one machine", 8, [
         F("--json", key="demo.json", help="print the summary as one JSON object", **SWITCH),
         F("--seconds", key="demo.seconds", help="traffic duration (default 20)", type=float),
+        F("--keep", key="demo.keep", help="keep the work directory after a good run", **SWITCH),
     ], long_running=False, kafka=False),
 }
 

@@ -294,6 +294,7 @@ class LeakcheckConfig:
 class DemoConfig:
     json: bool = opt(False, "print the summary as one JSON object")
     seconds: float = opt(20.0, "traffic duration", positive)
+    keep: bool = opt(False, "keep the work directory (logs, pcaps, events) after a good run")
 
 
 @dataclass
