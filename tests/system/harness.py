@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid as uuidlib
@@ -53,6 +54,7 @@ class HopProcess:
         self.starts = 0
         self.kills = 0
         self.unexpected_exits: list[int] = []
+        self._lock = threading.Lock()  # a chaos thread and a watchdog may act on the same hop
 
     @property
     def argv(self) -> list[str]:
@@ -67,45 +69,55 @@ class HopProcess:
         return self.proc.pid
 
     def start(self) -> "HopProcess":
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n===== start #{self.starts + 1} at {time.strftime('%H:%M:%S')}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
-                                         stdin=self.stdin if self.stdin is not None else subprocess.DEVNULL)
-        self.starts += 1
+        """Start the hop in its own process group (its worker processes die with it on kill)."""
+        with self._lock:
+            with open(self.log_path, "ab") as log:
+                log.write(f"\n===== start #{self.starts + 1} at {time.strftime('%H:%M:%S')}\n".encode())
+                log.flush()
+                self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
+                                             stdin=self.stdin if self.stdin is not None else subprocess.DEVNULL,
+                                             start_new_session=True)
+            self.starts += 1
         return self
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        proc = self.proc
+        return proc is not None and proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL and reap."""
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-            self.kills += 1
+        """SIGKILL the hop's whole process group and reap it."""
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is None:
+                _killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                self.kills += 1
+            self.proc = None
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (the hop finishes its batch and flushes); SIGKILL after ``timeout``."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        """SIGTERM (the hop finishes its batch and flushes); SIGKILL the group after ``timeout``."""
+        with self._lock:
+            proc = self.proc
+            if proc is None:
+                return None
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    _killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            _killpg(proc.pid, signal.SIGKILL)  # leftovers of the group
+            return proc.returncode
 
     def check_exited(self) -> int | None:
-        """Return the exit status if the process ended on its own since the last start (recorded)."""
-        if self.proc is not None and self.proc.poll() is not None:
-            code = self.proc.returncode
-            self.unexpected_exits.append(code)
-            self.proc = None
-            return code
+        """The exit status if the hop ended by itself since its last start (recorded; kills are not)."""
+        with self._lock:
+            if self.proc is not None and self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.unexpected_exits.append(code)
+                _killpg(self.proc.pid, signal.SIGKILL)
+                self.proc = None
+                return code
         return None
 
     def wait(self, timeout: float) -> int:
@@ -121,6 +133,30 @@ class HopProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def sanitize_workers(pid: int) -> list[int]:
+    """Worker processes of a ``sanitize --workers N`` supervisor (multiprocessing spawn children)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    out = []
+    for child in children:
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            out.append(int(child))
+    return sorted(out)
 
 
 def scrape(port: int, timeout: float = 2.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -215,6 +251,26 @@ def read_topic(bootstrap: str, topic: str, expect: str = "PcapBatch", idle: floa
         return out
     finally:
         consumer.close()
+
+
+def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int, int]]:
+    """Per partition: (the group's committed offset, or the low watermark when it has none; high watermark)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        parts = [TopicPartition(topic, p) for p in sorted(meta.topics[topic].partitions)]
+        out = {}
+        for tp in consumer.committed(parts, timeout=10):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+            out[tp.partition] = (tp.offset if tp.offset >= 0 else low, high)
+        return out
+    finally:
+        consumer.close()
+
+
+def group_lag(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Per partition: high watermark minus the group's committed offset."""
+    return {p: high - committed for p, (committed, high) in group_offsets(bootstrap, group, topic).items()}
 
 
 # --------------------------------------------------------------------------- packet multisets
