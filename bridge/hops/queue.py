@@ -302,15 +302,21 @@ class Acks:
             self.producer.poll(0.05)
         if self.failures:
             raise DeliveryFailed(f"{self.failures} records were not delivered")
-        size = len(value)
+        self.producer.produce(topic, value, key=key, on_delivery=self._tracked(len(value)))
+
+    def dead_letter(self, record: dict[str, Any]) -> None:
+        """Send a DeadLetter whose delivery counts like the item's other records."""
+        send_dead_letter(self.producer, record, on_delivery=self._tracked(0))
+
+    def _tracked(self, size: int) -> Callable[[Any, Any], None]:
+        self.inflight += size
 
         def delivered(err: Any, _msg: Any) -> None:
             self.inflight -= size
             if err is not None:
                 self.failures += 1
 
-        self.inflight += size
-        self.producer.produce(topic, value, key=key, on_delivery=delivered)
+        return delivered
 
     def settle(self) -> bool:
         """Wait until every record produced so far is acknowledged or failed; True if none failed.
@@ -376,12 +382,12 @@ class QueueHop:
 
     def serve(self) -> None:
         """Process leftovers, then the queue, until shutdown (the item in hand is finished first)."""
-        self._redis(self.queue.reclaim_orphans)
-        pending = self._resume()
         last_reclaim = time.monotonic()
         delay = BACKOFF_FIRST
         step = 1 if self.qtype.files else self.cfg.queue.line_batch_items
         try:
+            self._redis(self.queue.reclaim_orphans)
+            pending = self._resume()
             while not self.shutdown.is_set() and not (self.lease and self.lease.lost.is_set()):
                 if not pending:
                     self._redis(self.queue.update_gauges)
@@ -423,7 +429,7 @@ class QueueHop:
         if not poison:
             return items
         for item in poison:
-            send_dead_letter(self.producer, records.dead_letter(
+            self.acks.dead_letter(records.dead_letter(
                 HOP, "crash_loop", f"consumers died {CRASH_LIMIT} times while this item was in hand",
                 file_path=item.decode("utf-8", "backslashreplace") if self.qtype.files else None,
                 payload=None if self.qtype.files else item[:DLQ_PAYLOAD_BYTES]))
@@ -451,7 +457,35 @@ class QueueHop:
                 counts[1] += b.count
                 counts[2] += len(b.packets)
 
-        error: ItemError | None = None
+        try:
+            error = self._read_file(item, emit)
+            if error is not None:
+                self.acks.dead_letter(records.dead_letter(
+                    HOP, error.reason, f"{error.detail}; {counts[1]} packets before the damage were produced",
+                    file_path=path))
+        except DeliveryFailed:
+            self.acks.settle()
+            return False
+        if not self.acks.settle():
+            return False
+        metrics.QUEUE_PACKETS.inc(counts[1])
+        metrics.QUEUE_BYTES.inc(counts[2])
+        self.stats.packets += counts[1]
+        if error is None:
+            self._redis(self.queue.done, [item])
+            metrics.QUEUE_FILES.inc()
+            self.stats.files += 1
+            log.info("queue: %s: %d packets in %d batches (%.1f MB) in %.2f s", path, counts[1], counts[0],
+                     counts[2] / 1e6, time.monotonic() - started)
+        else:
+            self._failed([item], error.reason)
+        return True
+
+    def _read_file(self, item: bytes, emit: Callable[[list[PcapChunkBatch]], None]) -> ItemError | None:
+        """Stream the file through the assembler into ``emit``; return what went wrong, if anything.
+
+        The whole packets before any damage are emitted too. DeliveryFailed passes through.
+        """
         assembler = PcapAssembler(batch_bytes=self.batch_bytes, max_age=None)
         try:
             try:
@@ -469,32 +503,12 @@ class QueueHop:
                 except OSError as exc:
                     raise ItemError("unreadable", f"read error: {exc.strerror or exc}") from None
         except PcapStreamError as exc:
-            error = pcap_failure(exc)
             emit(exc.batches)
+            return pcap_failure(exc)
         except ItemError as exc:
-            error = exc
             emit(assembler.flush())  # keep the whole packets read before the damage
-        except DeliveryFailed:
-            self.acks.settle()
-            return False
-        if error is not None:
-            send_dead_letter(self.producer, records.dead_letter(
-                HOP, error.reason, f"{error.detail}; {counts[1]} packets before the damage were produced",
-                file_path=path))
-        if not self.acks.settle():
-            return False
-        metrics.QUEUE_PACKETS.inc(counts[1])
-        metrics.QUEUE_BYTES.inc(counts[2])
-        self.stats.packets += counts[1]
-        if error is None:
-            self._redis(self.queue.done, [item])
-            metrics.QUEUE_FILES.inc()
-            self.stats.files += 1
-            log.info("queue: %s: %d packets in %d batches (%.1f MB) in %.2f s", path, counts[1], counts[0],
-                     counts[2] / 1e6, time.monotonic() - started)
-        else:
-            self._failed([item], error.reason)
-        return True
+            return exc
+        return None
 
     # --- lines
 
@@ -515,7 +529,7 @@ class QueueHop:
             self.acks.settle()
             return False
         for i in too_large:
-            send_dead_letter(self.producer, records.dead_letter(
+            self.acks.dead_letter(records.dead_letter(
                 HOP, "item_too_large", f"line item of {len(items[i])} bytes above the "
                 f"{self.line_bytes}-byte record limit (payload: its first {DLQ_PAYLOAD_BYTES} bytes)",
                 payload=items[i][:DLQ_PAYLOAD_BYTES]))
