@@ -186,6 +186,9 @@ def test_every_packet_of_every_file_in_file_order(kafka_config, redis_url, uniqu
             order[sensor].append(path)
             pushed.append(path)
     files_before = metric("d4bridge_queue_files_total")
+    packets_before = metric("d4bridge_queue_packets_total")
+    bytes_before = metric("d4bridge_queue_bytes_total")
+    ages_before = metric("d4bridge_queue_file_age_seconds_count")
     for path in pushed[:4]:
         push_like_d4core(lists, meta, cfg.queue.queue_uuid, path)
     with HopThread(cfg):
@@ -212,6 +215,10 @@ def test_every_packet_of_every_file_in_file_order(kafka_config, redis_url, uniqu
         firsts = {r["file_path"]: o for _, o, r in got if r["sensor_uuid"] == sensor and r["batch_index"] == 0}
         assert sorted(paths, key=firsts.__getitem__) == paths
     assert metric("d4bridge_queue_files_total") - files_before == len(expected)
+    assert metric("d4bridge_queue_packets_total") - packets_before == want
+    assert metric("d4bridge_queue_bytes_total") - bytes_before == sum(map(len, expected.values()))
+    assert metric("d4bridge_queue_file_age_seconds_count") - ages_before == len(expected)
+    assert metric("d4bridge_queue_depth") == 0 and metric("d4bridge_queue_processing") == 0
     assert lists.llen(f"d4bridge:failed:1:{cfg.queue.queue_uuid}") == 0
 
 
