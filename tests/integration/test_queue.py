@@ -25,6 +25,7 @@ from bridge.broker import free_port, wait_for_port
 from bridge.cli import main as cli_main
 from bridge.config import Config, KafkaConfig
 from bridge.hop import Shutdown
+import bridge.hops.queue as queue_hop
 from bridge.hops.queue import HOST, serve
 from bridge.pcap import global_header, record_offsets
 from bridge.queue_items import QueueType
@@ -220,6 +221,38 @@ def test_every_packet_of_every_file_in_file_order(kafka_config, redis_url, uniqu
     assert metric("d4bridge_queue_file_age_seconds_count") - ages_before == len(expected)
     assert metric("d4bridge_queue_depth") == 0 and metric("d4bridge_queue_processing") == 0
     assert lists.llen(f"d4bridge:failed:1:{cfg.queue.queue_uuid}") == 0
+
+
+def test_redis_5_commands(kafka_config, redis_url, unique, lists, meta, tmp_path, monkeypatch) -> None:
+    """d4-core's installer builds Redis 5 (no LMOVE/BLMOVE): the BRPOPLPUSH/RPOPLPUSH path, same semantics."""
+    monkeypatch.setattr(queue_hop, "has_lmove", lambda version: False)
+    expected = {}
+    for i in range(3):
+        packets = telescope_packets(3, 300, seed=30 + i)
+        expected[str(d4core_file(tmp_path, uuidlib.uuid4().hex, T0 + 300 * i, packets))] = packets
+    for qtype in ("1", "3"):
+        cfg = queue_config(kafka_config, redis_url, unique, qtype=qtype, line_batch_items=10)
+        items = list(expected) if qtype == "1" else [b"line %d" % i for i in range(50)]
+        with HopThread(cfg):
+            deadline = time.monotonic() + 30
+            while not any(c.get("cmd") == "brpoplpush" for c in lists.client_list()):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            for item in items:
+                push_like_d4core(lists, meta, cfg.queue.queue_uuid, item, qkey=qtype)
+            if qtype == "1":
+                got = read_topic(kafka_config, cfg.queue.topic,
+                                 lambda g: unique_packets(g) >= sum(len(record_offsets(p)) for p in expected.values()),
+                                 "PcapBatch")
+            else:
+                got = read_topic(kafka_config, cfg.queue.records_topic,
+                                 lambda g: sum(r["data"].count(b"\n") for _, _, r in g) >= len(items), "D4Record")
+            wait_drained(lists, cfg)
+        if qtype == "1":
+            assert check_complete(got, expected) == {}
+        else:
+            data = b"".join(r["data"] for r in sorted((r for _, _, r in got), key=lambda r: r["seq"]))
+            assert data == b"".join(item + b"\n" for item in items)
 
 
 def _damaged_files(tmp_path: Path) -> tuple[dict[str, Path], dict[str, bytes]]:
