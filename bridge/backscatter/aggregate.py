@@ -43,6 +43,7 @@ _NS = 1_000_000_000
 _BS_CLASSES = len(CLASS_NAMES) - FIRST_BACKSCATTER
 _SNAPSHOT_VERSION = 1
 _NEVER = int(np.iinfo(np.int64).min)
+_INITIAL_ROWS = 4096  # the table doubles up to max_victims as victims appear
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class DetectorConfig:
     update_interval_s: float = 60.0
     source_idle_s: float = 900.0  # a sensor this far behind the newest one no longer holds expiry back
     dedup_window_s: float = 5.0  # two sites' copies of a packet: clock offsets up to +-2.5 s
-    dedup_slots: int = 1 << 20
+    dedup_slots: int = 1 << 18  # 5 MB; about a minute of backscatter at 4,000 packets/s per partition
     max_victims: int = 262_144
     max_addresses_per_victim: int = 1 << 18
     max_ports: int = 16
@@ -204,13 +205,10 @@ class Aggregator:
     def __init__(self, telescopes: Telescopes, config: DetectorConfig = DetectorConfig()) -> None:
         self.telescopes = telescopes
         self.config = config
-        cap = config.max_victims
-        self.cols: dict[str, np.ndarray] = {
-            name: np.zeros((cap,) + extra, dtype) for name, (dtype, extra) in _COLUMNS.items()
-        }
-        self.cols["ring"] = np.zeros((cap, config.window_buckets), np.int64)
+        self.cols: dict[str, np.ndarray] = {}
+        self.free: list[int] = []
+        self._grow(min(config.max_victims, _INITIAL_ROWS))
         self.index: dict[int, int] = {}
-        self.free = list(range(cap - 1, -1, -1))
         self.details: dict[int, _Detail] = {}
         self.sites: list[str] = []
         self.sensors: list[str] = []
@@ -289,6 +287,26 @@ class Aggregator:
 
     # ------------------------------------------------------------------ internals
 
+    @property
+    def capacity(self) -> int:
+        """Rows allocated now (grows up to max_victims)."""
+        return int(self.cols["key"].shape[0])
+
+    def _grow(self, rows: int) -> None:
+        """Reallocate the columns to ``rows`` rows (never above max_victims); new rows are free."""
+        old = self.cols["key"].shape[0] if self.cols else 0
+        rows = min(max(rows, old), self.config.max_victims)
+        if rows == old:
+            return
+        shapes = {name: (dtype, extra) for name, (dtype, extra) in _COLUMNS.items()}
+        shapes["ring"] = (np.int64, (self.config.window_buckets,))
+        for name, (dtype, extra) in shapes.items():
+            col = np.zeros((rows,) + extra, dtype)
+            if old:
+                col[:old] = self.cols[name]
+            self.cols[name] = col
+        self.free = list(range(rows - 1, old - 1, -1)) + self.free
+
     def _site_index(self, site: str) -> int:
         if site not in self.sites:
             self.sites.append(site)
@@ -308,6 +326,8 @@ class Aggregator:
         get = self.index.get
         rows = np.fromiter((get(k, -1) for k in uniq.tolist()), np.int64, uniq.size)
         new = np.nonzero(rows < 0)[0]
+        if new.size > len(self.free):
+            self._grow(max(2 * self.capacity, self.capacity + new.size - len(self.free)))
         if new.size > len(self.free):
             events += self._evict(new.size - len(self.free), protect=rows[rows >= 0])
         for j in new.tolist():
@@ -394,12 +414,12 @@ class Aggregator:
         c = self.cols
         rows = rows[np.argsort(c["key"][rows], kind="stable")]
         events = [self._emit(r, "final") for r in rows[c["declared"][rows]].tolist()]
-        for r in rows.tolist():
-            del self.index[int(c["key"][r])]
+        for r, key in zip(rows.tolist(), c["key"][rows].tolist()):
+            del self.index[key]
             self.details.pop(r, None)
-            for col in c.values():
-                col[r] = 0
-            self.free.append(r)
+        for col in c.values():
+            col[rows] = 0
+        self.free += rows.tolist()
         return events
 
     def _evict(self, needed: int, protect: np.ndarray) -> list[dict[str, Any]]:
@@ -497,9 +517,11 @@ class Aggregator:
             n = z["col_key"].shape[0]
             if n > config.max_victims:
                 raise ValueError(f"snapshot holds {n} victims, above max_victims {config.max_victims}")
+            agg.free = []
+            agg._grow(max(n, _INITIAL_ROWS))
             for name, col in agg.cols.items():
                 col[:n] = z[f"col_{name}"]
-            agg.free = list(range(config.max_victims - 1, n - 1, -1))
+            agg.free = list(range(agg.capacity - 1, n - 1, -1))
             agg.index = {int(k): r for r, k in enumerate(agg.cols["key"][:n].tolist())}
             for pos, ports, sites, sensors in meta["details"]:
                 agg.details[pos] = _Detail(set(z[f"addr_{pos}"].tolist()), set(ports), sites, sensors)
