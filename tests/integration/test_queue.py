@@ -542,7 +542,7 @@ def test_sigkill_mid_file_then_restart_loses_nothing(kafka_config, redis_url, un
     for path in expected:
         push_like_d4core(lists, meta, cfg.queue.queue_uuid, path)
     # Few unacknowledged bytes allowed: the large file takes long enough to be killed in its middle.
-    proc = start_process(cfg, "k1", D4BRIDGE_QUEUE_MAX_INFLIGHT_BYTES="262144")
+    proc = start_process(cfg, "k1", D4BRIDGE_QUEUE_MAX_INFLIGHT_BYTES="65536")
     try:
         wait_for_batch(kafka_config, cfg.queue.topic, large, 20)
         proc.send_signal(signal.SIGKILL)
@@ -572,7 +572,7 @@ def test_sigterm_finishes_the_file_in_hand(kafka_config, redis_url, unique, list
     packets = telescope_packets(60, 2500, seed=5)
     path = str(d4core_file(tmp_path, uuidlib.uuid4().hex, T0, packets))
     push_like_d4core(lists, meta, cfg.queue.queue_uuid, path)
-    proc = start_process(cfg, "t1", D4BRIDGE_QUEUE_MAX_INFLIGHT_BYTES="262144")
+    proc = start_process(cfg, "t1", D4BRIDGE_QUEUE_MAX_INFLIGHT_BYTES="65536")
     try:
         wait_for_batch(kafka_config, cfg.queue.topic, path, 2)
         proc.send_signal(signal.SIGTERM)
