@@ -622,3 +622,16 @@ def test_two_consumers_share_one_queue(kafka_config, redis_url, unique, lists, m
     want = sum(len(record_offsets(p)) for p in expected.values())
     got = read_topic(kafka_config, cfg.queue.topic, lambda g: packets_total(g) >= want, "PcapBatch")
     assert check_complete(got, expected) == {}  # no crash: every batch exactly once
+
+
+def test_a_name_held_by_a_live_process_here_is_refused(kafka_config, redis_url, unique, lists) -> None:
+    cfg = queue_config(kafka_config, redis_url, unique)
+    # This test process stands for a running consumer named "busy" on this host.
+    lists.set(f"d4bridge:lease:1:{cfg.queue.queue_uuid}:busy", f"{HOST} {os.getpid()} token", px=60000)
+    proc = start_process(cfg, "busy")
+    try:
+        assert proc.wait(60) == 2
+        assert "in use by a running process on this host" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.stderr.close()
