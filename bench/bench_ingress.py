@@ -68,6 +68,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far (a load-independent cost measure)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
 def own_cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -113,6 +118,7 @@ def run(bootstrap: str, broker_pid: int, pem: Path, sensors: int) -> dict[str, f
 
         threads = [threading.Thread(target=pump, args=(s, d)) for s, d in zip(socks, streams)]
         cpu0 = (cpu_seconds(proc.pid), cpu_seconds(broker_pid), own_cpu())
+        faults0 = minor_faults(proc.pid)
         start = time.perf_counter()
         for t in threads:
             t.start()
@@ -131,6 +137,7 @@ def run(bootstrap: str, broker_pid: int, pem: Path, sensors: int) -> dict[str, f
             time.sleep(0.02)
         elapsed = time.perf_counter() - start
         cpu = [b - a for a, b in zip(cpu0, (cpu_seconds(proc.pid), cpu_seconds(broker_pid), own_cpu()))]
+        faults = minor_faults(proc.pid) - faults0
         rss = peak_rss_mb(proc.pid)
         if os.environ.get("BENCH_THREADS"):
             for task in sorted(Path(f"/proc/{proc.pid}/task").iterdir()):
@@ -146,7 +153,7 @@ def run(bootstrap: str, broker_pid: int, pem: Path, sensors: int) -> dict[str, f
     total = len(stream) * sensors
     return {"mb_s": total / 1e6 / elapsed, "pkt_s": packets * sensors / elapsed, "rss": rss,
             "seconds": elapsed, "send_seconds": sent, "mb": total / 1e6,
-            "cpu_ingress": cpu[0], "cpu_broker": cpu[1], "cpu_sensors": cpu[2]}
+            "cpu_ingress": cpu[0], "cpu_broker": cpu[1], "cpu_sensors": cpu[2], "faults": faults}
 
 
 def main() -> None:
@@ -163,6 +170,7 @@ def main() -> None:
                 Figure(f"ingress throughput, {sensors} sensor(s), TLS, acked", r["mb_s"], "MB/s", 100, note=note),
                 Figure(f"  CPU: ingress process (all threads), {sensors} sensor(s)", r["cpu_ingress"] * per_gb,
                        "cpu-s/GB", note="one core alone would give " + f"{1000 / (r['cpu_ingress'] * per_gb):.0f} MB/s"),
+                Figure(f"  page faults: ingress process, {sensors} sensor(s)", r["faults"] * per_gb, "faults/GB"),
                 Figure(f"  CPU: broker (Tansu), {sensors} sensor(s)", r["cpu_broker"] * per_gb, "cpu-s/GB"),
                 Figure(f"  CPU: sensors (TLS clients, this process), {sensors} sensor(s)",
                        r["cpu_sensors"] * per_gb, "cpu-s/GB"),
