@@ -211,8 +211,10 @@ class SanitizeConfig:
     mac: str = opt("", "MAC addresses: keep, zero or hash (overrides the policy file)")
     payload: str = opt("", "payload: keep, headers or cut:N (overrides the policy file)")
     on_unparseable: str = opt("", "packets not parseable far enough: drop or cut (overrides the policy file)")
-    transaction_records: int = opt(200, "input records per transaction at most", positive)
-    transaction_seconds: float = opt(0.5, "seconds a transaction collects records at most", positive)
+    transaction_records: int = opt(32, "input records per transaction at most (32 x 256 KiB batches = 8 MiB)",
+                                   positive)
+    transaction_seconds: float = opt(0.2, "seconds a transaction waits for records at most (latency bound)",
+                                     positive)
 
 
 @dataclass

@@ -5,14 +5,12 @@ from __future__ import annotations
 import sys
 
 from bridge.config import Config
-from bridge.hop import setup_logging
 from bridge.pcap import PcapFormatError
-from bridge.sanitize.offline import leakcheck
+from bridge.sanitize.leakcheck import leakcheck
 
 
 def run(cfg: Config) -> int:
     """Print the leak report. Exit status: 0 clean, 1 leaks or new checksum errors, 2 usage."""
-    setup_logging(cfg.log_level)
     lcfg = cfg.leakcheck
     if not lcfg.orig or not lcfg.sanitized or not lcfg.private:
         print("d4-bridge leakcheck: ORIG, SANITIZED and --private CIDR[,CIDR] are required", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from bridge.config import Config
-from bridge.hop import setup_logging
 from bridge.pcap import PcapFormatError
 from bridge.sanitize.offline import sanitize_file
 from bridge.sanitize.policy import PolicyError, policy_from_config
@@ -16,7 +15,6 @@ def run(cfg: Config) -> int:
 
     Exit status: 0 done, 2 bad policy or unreadable input.
     """
-    setup_logging(cfg.log_level)
     scfg = cfg.sanitize
     if not scfg.input or not scfg.output:
         print("d4-bridge sanitize-file: IN and OUT are required", file=sys.stderr)

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bridge.sanitize import walk
-from bridge.sanitize.cryptopan import CryptoPAn
-from bridge.sanitize.policy import Cidr, CidrPair, Policy
+from bridge.sanitize import remap, walk
+from bridge.sanitize.policy import Cidr, Policy
 
 SUPPORTED_LINKTYPES = frozenset({0, 1, 12, 14, 101, 113})
 
@@ -30,7 +29,7 @@ class PcapRecordError(ValueError):
 class SanitizeResult:
     """Outcome of one batch: the sanitized records and what happened to the packets."""
 
-    packets: bytes
+    packets: bytes | memoryview
     count: int
     kept: int
     cut: int
@@ -38,29 +37,21 @@ class SanitizeResult:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def _rows_in(rows: np.ndarray, cidr: Cidr) -> np.ndarray:
-    """Boolean mask: which big-endian address rows lie inside cidr."""
-    width = rows.shape[1]
-    mask = np.frombuffer(cidr.mask.to_bytes(width, "big"), dtype=np.uint8)
-    net = np.frombuffer(cidr.network.to_bytes(width, "big"), dtype=np.uint8)
-    return ((rows & mask) == net).all(axis=1)
+def _rows16(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """(hi, lo) uint64 halves -> (n, 16) big-endian byte rows."""
+    both = np.empty((len(hi), 2), dtype=">u8")
+    both[:, 0], both[:, 1] = hi, lo
+    return both.view(np.uint8).reshape(-1, 16)
 
 
-def _apply_pairs(rows: np.ndarray, pairs: tuple[CidrPair, ...], todo: np.ndarray) -> np.ndarray:
-    """tcprewrite remap: for rows selected by todo, the first pair whose FROM contains the
-    address replaces the prefix with TO's network under TO's mask. Returns the rows matched."""
-    matched = np.zeros(len(rows), dtype=bool)
-    width = rows.shape[1]
-    for pair in pairs:
-        if pair.src.family != (4 if width == 4 else 6):
-            continue
-        hit = todo & ~matched & _rows_in(rows, pair.src)
-        if hit.any():
-            tmask = np.frombuffer(pair.dst.mask.to_bytes(width, "big"), dtype=np.uint8)
-            tnet = np.frombuffer(pair.dst.network.to_bytes(width, "big"), dtype=np.uint8)
-            rows[hit] = (rows[hit] & ~tmask) | (tnet & tmask)
-            matched |= hit
-    return matched
+def _halves(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    both = np.ascontiguousarray(rows).view(">u8").reshape(-1, 2).astype(np.uint64)
+    return both[:, 0].copy(), both[:, 1].copy()
+
+
+def _rows4(vals: np.ndarray) -> np.ndarray:
+    """uint32 values -> (n, 4) big-endian bytes."""
+    return vals.astype(">u4").view(np.uint8).reshape(-1, 4)
 
 
 def _be32(rows: np.ndarray) -> np.ndarray:
@@ -68,71 +59,63 @@ def _be32(rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rows).view(">u4").ravel().astype(np.uint32)
 
 
-# IPv6 prefixes that embed an IPv4 address: (prefix row, prefix length, byte offset of the
-# IPv4, inverted). Teredo carries the server IPv4 plainly and the client IPv4 inverted.
-_EMBEDDED = [
-    (np.frombuffer(bytes(10) + b"\xff\xff" + bytes(4), dtype=np.uint8), 96, 12, False),   # ::ffff:a.b.c.d
-    (np.frombuffer(b"\x00\x64\xff\x9b" + bytes(12), dtype=np.uint8), 96, 12, False),       # NAT64 64:ff9b::/96
-    (np.frombuffer(b"\x20\x02" + bytes(14), dtype=np.uint8), 16, 2, False),                # 6to4 2002::/16
-    (np.frombuffer(b"\x20\x01\x00\x00" + bytes(12), dtype=np.uint8), 32, 4, False),        # Teredo server
-    (np.frombuffer(b"\x20\x01\x00\x00" + bytes(12), dtype=np.uint8), 32, 12, True),        # Teredo client
-]
+def _in_scope6(hi: np.ndarray, lo: np.ndarray, cidr: Cidr) -> np.ndarray:
+    mhi, mlo = np.uint64(cidr.mask >> 64), np.uint64(cidr.mask & remap.M64)
+    return ((hi & mhi) == np.uint64(cidr.network >> 64)) & ((lo & mlo) == np.uint64(cidr.network & remap.M64))
 
 
 class AddressMapper:
-    """Maps batches of addresses (rows of big-endian bytes) according to the policy."""
+    """Maps batches of addresses according to the policy: IPv4 as uint32 arrays, IPv6 as
+    (hi, lo) uint64 halves. Per IPv6 address, IPv4 embedded in it is mapped first (with the
+    IPv4 mapping), then the address itself. tcprewrite-style maps run compiled (remap.py);
+    Crypto-PAn runs once per distinct address (cryptopan.py)."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self._cpan = CryptoPAn(policy.cryptopan_key) if policy.cryptopan_key is not None else None
+        self._cpan = None
+        if policy.cryptopan_key is not None:
+            from bridge.sanitize.cryptopan import CryptoPAn  # imports `cryptography`: only when used
 
-    def _covered_cpan(self, rows: np.ndarray) -> np.ndarray:
-        scope = self.policy.cryptopan_scope
-        if scope is None:
-            return np.ones(len(rows), dtype=bool)
-        fam = 4 if rows.shape[1] == 4 else 6
-        hit = np.zeros(len(rows), dtype=bool)
-        for cidr in scope:
-            if cidr.family == fam:
-                hit |= _rows_in(rows, cidr)
-        return hit
+            self._cpan = CryptoPAn(policy.cryptopan_key)
+        self._rules4, self._rules6 = remap.rules4(policy), remap.rules6(policy)
+        scope = policy.cryptopan_scope
+        self._scope4 = None if scope is None else [c for c in scope if c.family == 4]
+        self._scope6 = None if scope is None else [c for c in scope if c.family == 6]
 
-    def map_rows(self, rows: np.ndarray, roles: np.ndarray) -> np.ndarray:
-        """New values for address rows ((n, 4) or (n, 16) uint8); roles are walk.ROLE_*."""
-        out = rows.copy()
-        if len(rows) == 0:
-            return out
-        if rows.shape[1] == 16:
-            self._map_embedded(out)
-        p = self.policy
-        if self._cpan is not None:
-            hit = self._covered_cpan(rows)
-            if hit.any():
-                out[hit] = self._cpan.anonymize_rows(out[hit])
-            return out
-        if p.srcipmap or p.dstipmap:
-            # tcprewrite: --srcipmap for sources, --dstipmap for destinations; an address
-            # without a direction (ARP, quoted gateway, ND target) takes the first match of both
-            other = roles == walk.ROLE_OTHER
-            done = _apply_pairs(out, p.srcipmap, (roles == walk.ROLE_SRC) | other)
-            _apply_pairs(out, p.dstipmap, ((roles == walk.ROLE_DST) | other) & ~done)
-        if p.pnat:
-            # like tcprewrite, --pnat applies to the result of the ip maps; first match wins
-            _apply_pairs(out, p.pnat, np.ones(len(out), dtype=bool))
+    def map_v4(self, vals: np.ndarray, roles: np.ndarray) -> np.ndarray:
+        """New values for uint32 IPv4 addresses; roles are ROLE_* of remap."""
+        if self._cpan is None:
+            return remap.map4(vals, roles, self._rules4)
+        out = vals.copy()
+        hit = np.ones(len(out), dtype=bool)
+        if self._scope4 is not None:
+            hit[:] = False
+            for c in self._scope4:
+                hit |= (out & np.uint32(c.mask)) == np.uint32(c.network)
+        if hit.any():
+            out[hit] = _be32(self._cpan.anonymize_rows(_rows4(out[hit])))
         return out
 
-    def _map_embedded(self, rows: np.ndarray) -> None:
-        """Rewrite IPv4 addresses embedded in IPv6 rows with the IPv4 mapping, in place."""
-        for prefix, plen, at, inverted in _EMBEDDED:
-            pref = Cidr(6, int.from_bytes(prefix.tobytes(), "big"), plen)
-            hit = _rows_in(rows, pref)
-            if not hit.any():
-                continue
-            v4 = rows[hit, at:at + 4]
-            if inverted:
-                v4 = v4 ^ 0xFF
-            new = self.map_rows(v4, np.full(len(v4), walk.ROLE_OTHER, dtype=np.int64))
-            rows[hit, at:at + 4] = new ^ 0xFF if inverted else new
+    def map_v6(self, hi: np.ndarray, lo: np.ndarray, roles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """New (hi, lo) halves for IPv6 addresses."""
+        hi, lo = hi.copy(), lo.copy()
+        if len(hi) == 0:
+            return hi, lo
+        idx, slot, v4 = remap.embedded(hi, lo)
+        if len(idx):
+            remap.set_embedded(hi, lo, idx, slot,
+                               self.map_v4(v4, np.full(len(v4), remap.ROLE_OTHER, dtype=np.int64)))
+        if self._cpan is None:
+            remap.map6(hi, lo, roles, self._rules6)
+            return hi, lo
+        hit = np.ones(len(hi), dtype=bool)
+        if self._scope6 is not None:
+            hit[:] = False
+            for c in self._scope6:
+                hit |= _in_scope6(hi, lo, c)
+        if hit.any():
+            hi[hit], lo[hit] = _halves(self._cpan.anonymize_rows(_rows16(hi[hit], lo[hit])))
+        return hi, lo
 
 
 class MacMapper:
@@ -168,10 +151,6 @@ class MacMapper:
         return np.frombuffer(b"".join(out), dtype=np.uint8).reshape(-1, 6)[inverse.ravel()]
 
 
-def _gather(buf: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
-    return buf[offsets[:, None] + np.arange(width)]
-
-
 class Sanitizer:
     """Applies one Policy to batches of canonical pcap records. Holds no per-stream state
     except caches, so any number of instances with the same key produce the same output."""
@@ -181,50 +160,57 @@ class Sanitizer:
         self._addr = AddressMapper(policy)
         self._mac = MacMapper(policy.mac_mode, policy.mac_key)
 
-    def sanitize_batch(self, linktype: int, packets: bytes) -> SanitizeResult:
-        """Sanitize concatenated records (16-byte LE record header + data). Raises
-        PcapRecordError if the records do not tile `packets`."""
-        buf = np.frombuffer(bytearray(packets), dtype=np.uint8)
+    @staticmethod
+    def _count(buf: np.ndarray) -> int:
         recs = walk.record_offsets(buf)
         if len(recs) and recs[-1] < 0:
-            raise PcapRecordError(f"record at byte {int(recs[-2] if len(recs) > 1 else 0)}+ runs past the end of {len(packets)} bytes")
-        count = len(recs)
-        if count == 0:
-            return SanitizeResult(b"", 0, 0, 0, 0, {})
-        if linktype not in SUPPORTED_LINKTYPES:
-            return SanitizeResult(b"", count, 0, 0, count, {"unsupported_linktype": count})
+            raise PcapRecordError(f"a record runs past the end of {len(buf)} bytes")
+        return len(recs)
 
-        verdict = np.empty(count, dtype=np.int8)
-        reason = np.empty(count, dtype=np.int64)
-        newcap = np.empty(count, dtype=np.int64)
-        cap = 4 * count + 64  # typical packets have 2-4 sites of each kind
+    def sanitize_batch(self, linktype: int, packets: bytes | memoryview) -> SanitizeResult:
+        """Sanitize concatenated records (16-byte LE record header + data); `packets` is not
+        modified. Raises PcapRecordError if the records do not tile `packets`."""
+        res = self.sanitize_inplace(linktype, np.frombuffer(bytearray(packets), dtype=np.uint8))
+        res.packets = bytes(res.packets)
+        return res
+
+    def sanitize_inplace(self, linktype: int, buf: np.ndarray) -> SanitizeResult:
+        """Sanitize the records in the writable uint8 array buf in place: the kept (and cut)
+        records are compacted to its start; result.packets is a view of them."""
+        if linktype not in SUPPORTED_LINKTYPES:
+            count = self._count(buf)
+            return SanitizeResult(b"", count, 0, 0, count, {"unsupported_linktype": count} if count else {})
+        slots = len(buf) // 16 + 1
+        recs = np.empty(slots, dtype=np.int64)
+        verdict = np.empty(slots, dtype=np.int8)
+        reason = np.empty(slots, dtype=np.int64)
+        newcap = np.empty(slots, dtype=np.int64)
+        cap = len(buf) // 8 + 64  # sites per byte of input; more is possible (retried below)
         while True:
-            v4 = np.empty((cap, 4), dtype=np.int64)
-            v6 = np.empty((cap, 3), dtype=np.int64)
+            v4 = np.empty((cap, 5), dtype=np.int64)
+            v6 = np.empty((cap, 5), dtype=np.int64)
             mac = np.empty((cap, 2), dtype=np.int64)
             cs = np.empty((cap, walk.CS_COLS), dtype=np.int64)
-            n = np.zeros(5, dtype=np.int64)
+            n = np.array([0, 0, 0, 0, 0, 0, -1, 0], dtype=np.int64)
             walk.scan(buf, linktype, self.policy.mac_mode != "keep", self.policy.payload_keep,
                       self.policy.on_unparseable == "cut", recs, verdict, reason, newcap, v4, v6, mac, cs, n)
+            if n[6] >= 0:
+                raise PcapRecordError(f"record at byte {int(n[6])} runs past the end of {len(buf)} bytes")
             if not n[4]:
                 break
-            cap *= 4  # a batch with unusually many sites per packet; rare
-        nv4, nv6, nmac, ncs = (int(x) for x in n[:4])
+            cap *= 4
+        nv4, nv6, nmac, ncs, _, count = (int(x) for x in n[:6])
+        if count == 0:
+            return SanitizeResult(b"", 0, 0, 0, 0, {})
+        recs, verdict, reason, newcap = recs[:count], verdict[:count], reason[:count], newcap[:count]
         v4, v6, mac, cs = v4[:nv4], v6[:nv6], mac[:nmac], cs[:ncs]
 
-        rows4 = _gather(buf, v4[:, 0], 4)
-        inv = v4[:, 3] == 1
-        rows4[inv] ^= 0xFF
-        new4 = self._addr.map_rows(rows4, v4[:, 2])
-        new4[inv] ^= 0xFF
-        new6 = self._addr.map_rows(_gather(buf, v6[:, 0], 16), v6[:, 2])
-        newmac = self._mac.map_rows(_gather(buf, mac[:, 0], 6)) if nmac else np.zeros((0, 6), dtype=np.uint8)
-
-        # changed 16-bit words per packet at most (a site may straddle one extra word)
-        per_pkt = (np.bincount(v4[:, 1], minlength=count) * 3 + np.bincount(v6[:, 1], minlength=count) * 9
-                   + np.bincount(mac[:, 1], minlength=count) * 4 + np.bincount(cs[:, 0], minlength=count))
-        size = walk.apply(buf, recs, newcap, v4, _be32(new4), v6, new6, mac, newmac, cs,
-                          nv4, nv6, nmac, ncs, int(per_pkt.max()) + 1)
+        inv = v4[:, 3].astype(np.uint32) * np.uint32(0xFFFFFFFF)
+        new4 = self._addr.map_v4(v4[:, 4].astype(np.uint32), v4[:, 2]) ^ inv
+        hi, lo = self._addr.map_v6(v6[:, 3].astype(np.uint64), v6[:, 4].astype(np.uint64), v6[:, 2])
+        new6 = np.stack((hi, lo), axis=1)
+        newmac = self._mac.map_rows(buf[mac[:, 0, None] + np.arange(6)]) if nmac else np.zeros((0, 6), np.uint8)
+        size = walk.apply(buf, recs, newcap, v4, new4, v6, new6, mac, newmac, cs, nv4, nv6, nmac, ncs, int(n[7]) + 1)
 
         dropped = int((verdict == walk.V_DROP).sum())
         ncut = int((verdict == walk.V_CUT).sum())
@@ -232,4 +218,4 @@ class Sanitizer:
         if dropped or ncut:
             codes, counts = np.unique(reason[verdict != walk.V_KEEP], return_counts=True)
             reasons = {walk.REASONS[c]: int(k) for c, k in zip(codes, counts)}
-        return SanitizeResult(buf[:size].tobytes(), count, count - dropped - ncut, ncut, dropped, reasons)
+        return SanitizeResult(memoryview(buf[:size]), count, count - dropped - ncut, ncut, dropped, reasons)

@@ -1,14 +1,7 @@
-"""Offline tools over pcap files: `sanitize_file` (the engine on a file, with progress) and
-`leakcheck` (an independent check that no private address of the original survived).
-
-leakcheck deliberately does not reuse the engine's walker: it parses with dpkt and scans raw
-bytes, so a bug in the engine's parser cannot hide its own leaks.
-"""
+"""`sanitize_file`: the sanitizer engine on a pcap file, in place, with progress and a summary."""
 
 from __future__ import annotations
 
-import ipaddress
-import struct
 import sys
 import time
 from collections import Counter
@@ -16,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
-import dpkt
 import numpy as np
 
-from bridge.pcap import PcapHeader, global_header, iter_packets, parse_global_header, read_pcap
+from bridge.pcap import PcapHeader, global_header, parse_global_header, read_pcap
 from bridge.sanitize import walk
 from bridge.sanitize.engine import Sanitizer
 from bridge.sanitize.policy import Policy
@@ -46,33 +38,35 @@ class FileSummary:
         return out
 
 
-def read_records(path: str | Path) -> tuple[PcapHeader, bytes, int]:
-    """Read a pcap file into canonical records. Returns (header, records, bytes of a
-    truncated last record that was left out). Little-endian files are used as they are."""
-    data = Path(path).read_bytes()
-    header = parse_global_header(data)
+def read_records(path: str | Path) -> tuple[PcapHeader, np.ndarray, np.ndarray, int]:
+    """Read a pcap file into a writable array of canonical records. Returns (header, records,
+    record offsets, bytes of a truncated last record left out). Little-endian files are used
+    as they are (no copy beyond the read); others are normalized first."""
+    data = np.fromfile(path, dtype=np.uint8)
+    header = parse_global_header(data[:24].tobytes())
     if header.big_endian:
-        header, records = read_pcap(path)
-        return header, records, 0
-    body = memoryview(data)[24:]
-    offs = walk.record_offsets(np.frombuffer(body, dtype=np.uint8))
+        header, canonical = read_pcap(path)
+        body = np.frombuffer(bytearray(canonical), dtype=np.uint8)
+    else:
+        body = data[24:]
+    offs = walk.record_offsets(body)
+    trailing = 0
     if len(offs) and offs[-1] < 0:
-        last = int(offs[-2]) if len(offs) > 1 else 0
-        # a record header that is itself cut: end of the last whole record
-        end = last + 16 + struct.unpack_from("<I", body, last + 8)[0] if len(offs) > 1 else 0
-        return header, bytes(body[:end]), len(body) - end
-    return header, bytes(body), 0
+        offs = offs[:-1]
+        end = int(offs[-1]) + 16 + int(body[offs[-1] + 8:offs[-1] + 12].view("<u4")[0]) if len(offs) else 0
+        trailing = len(body) - end
+        body = body[:end]
+    return header, body, offs, trailing
 
 
-def _chunks(records: bytes) -> Iterator[tuple[int, int]]:
+def _chunks(records: np.ndarray, offs: np.ndarray) -> Iterator[tuple[int, int]]:
     """(start, end) byte ranges of whole records, about CHUNK_BYTES each."""
-    offs = walk.record_offsets(np.frombuffer(records, dtype=np.uint8))
     if not len(offs):
         return
-    bounds = np.searchsorted(offs, np.arange(CHUNK_BYTES, len(records), CHUNK_BYTES))
-    starts = [0] + [int(offs[b]) for b in np.unique(bounds) if b < len(offs)]
+    cuts = np.unique(np.searchsorted(offs, np.arange(CHUNK_BYTES, len(records), CHUNK_BYTES)))
+    starts = [0] + [int(offs[c]) for c in cuts if 0 < c < len(offs)]
     ends = starts[1:] + [len(records)]
-    yield from ((s, e) for s, e in zip(starts, ends) if e > s)
+    yield from zip(starts, ends)
 
 
 def sanitize_file(in_path: str | Path, out_path: str | Path, policy: Policy, progress: bool = True,
@@ -85,7 +79,7 @@ def sanitize_file(in_path: str | Path, out_path: str | Path, policy: Policy, pro
     stream = stream or sys.stderr
     show = progress and stream.isatty()
     t0 = time.perf_counter()
-    header, records, trailing = read_records(in_path)
+    header, records, offs, trailing = read_records(in_path)
     summary = FileSummary()
     if trailing:
         summary.dropped += 1
@@ -95,8 +89,8 @@ def sanitize_file(in_path: str | Path, out_path: str | Path, policy: Policy, pro
     with open(out_path, "wb") as out:
         out.write(global_header(header.linktype, header.snaplen, header.nsec))
         total = len(records)
-        for start, end in _chunks(records):
-            res = sanitizer.sanitize_batch(header.linktype, records[start:end])
+        for start, end in _chunks(records, offs):
+            res = sanitizer.sanitize_inplace(header.linktype, records[start:end])
             out.write(res.packets)
             summary.count += res.count
             summary.kept += res.kept
@@ -110,370 +104,3 @@ def sanitize_file(in_path: str | Path, out_path: str | Path, policy: Policy, pro
         stream.write("\n")
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-# ---------------------------------------------------------------- leakcheck ---------------
-
-Address = tuple[str, bytes]  # (where in the packet, 4 or 16 raw bytes)
-
-_ICMP_ERRORS = (3, 4, 5, 11, 12)
-_ICMP6_ERRORS = (1, 2, 3, 4)
-
-
-def _embedded_v4(addr6: bytes) -> list[bytes]:
-    """IPv4 addresses embedded in an IPv6 address (mapped, NAT64, 6to4, Teredo)."""
-    if addr6[:12] == bytes(10) + b"\xff\xff" or addr6[:12] == b"\x00\x64\xff\x9b" + bytes(8):
-        return [addr6[12:]]
-    if addr6[:2] == b"\x20\x02":
-        return [addr6[2:6]]
-    if addr6[:4] == b"\x20\x01\x00\x00":
-        return [addr6[4:8], bytes(b ^ 0xFF for b in addr6[12:16])]
-    return []
-
-
-class _Collector:
-    """Walks one packet with dpkt and collects every address it can find."""
-
-    def __init__(self) -> None:
-        self.found: list[Address] = []
-
-    def add(self, where: str, raw: bytes) -> None:
-        self.found.append((where, raw))
-        if len(raw) == 16:
-            self.found += [(f"{where}/embedded", v4) for v4 in _embedded_v4(raw)]
-
-    def frame(self, linktype: int, data: bytes) -> None:
-        try:
-            if linktype == 1:
-                self.l2(dpkt.ethernet.Ethernet(data), "eth")
-            elif linktype == 113:
-                self.l2(dpkt.sll.SLL(data), "sll")
-            elif linktype == 0:
-                self.l2(dpkt.loopback.Loopback(data), "null")
-            elif data and data[0] >> 4 == 6:
-                self.ip6(data, "ip")
-            else:
-                self.ip4(data, "ip")
-        except (dpkt.UnpackError, struct.error, IndexError):
-            pass  # raw byte scan still covers this packet
-
-    def l2(self, frame: dpkt.Packet, where: str) -> None:
-        payload = frame.data
-        if isinstance(payload, dpkt.arp.ARP):
-            if payload.pln == 4:
-                self.add(f"{where}.arp.spa", payload.spa)
-                self.add(f"{where}.arp.tpa", payload.tpa)
-        elif isinstance(payload, dpkt.ip.IP):
-            self.ip4(payload, f"{where}.ip")
-        elif isinstance(payload, dpkt.ip6.IP6):
-            self.ip6(payload, f"{where}.ip6")
-
-    def ip4(self, ip: dpkt.Packet | bytes, where: str, depth: int = 0) -> None:
-        if isinstance(ip, (bytes, bytearray)):
-            raw = bytes(ip)
-            try:
-                ip = dpkt.ip.IP(raw)
-            except (dpkt.UnpackError, struct.error):
-                # truncated quote: take whatever address bytes are there
-                if len(raw) >= 16:
-                    self.add(f"{where}.src", raw[12:16])
-                if len(raw) >= 20:
-                    self.add(f"{where}.dst", raw[16:20])
-                return
-        self.add(f"{where}.src", ip.src)
-        self.add(f"{where}.dst", ip.dst)
-        opts = bytes(ip.opts)
-        i = 0
-        while i < len(opts) and opts[i] != 0:
-            if opts[i] == 1:
-                i += 1
-                continue
-            if i + 1 >= len(opts) or opts[i + 1] < 2:
-                break
-            t, ln = opts[i], opts[i + 1]
-            if t in (7, 131, 137):
-                for a in range(i + 3, i + ln - 3, 4):
-                    self.add(f"{where}.opt{t}", opts[a:a + 4])
-            elif t == 68 and ln >= 4 and opts[i + 3] & 15 in (1, 3):
-                for a in range(i + 4, i + ln - 3, 8):
-                    self.add(f"{where}.opt68", opts[a:a + 4])
-            i += ln
-        self.transport(ip.p, ip.data, where, depth)
-
-    def ip6(self, ip: dpkt.Packet | bytes, where: str, depth: int = 0) -> None:
-        if isinstance(ip, (bytes, bytearray)):
-            raw = bytes(ip)
-            try:
-                ip = dpkt.ip6.IP6(raw)
-            except (dpkt.UnpackError, struct.error):
-                if len(raw) >= 24:
-                    self.add(f"{where}.src", raw[8:24])
-                if len(raw) >= 40:
-                    self.add(f"{where}.dst", raw[24:40])
-                return
-        self.add(f"{where}.src", ip.src)
-        self.add(f"{where}.dst", ip.dst)
-        for hdr in getattr(ip, "extension_hdrs", {}).values():
-            for a in getattr(hdr, "addresses", None) or []:
-                self.add(f"{where}.rh", a)
-        self.transport(ip.p, ip.data, where, depth)
-
-    def transport(self, proto: int, data: dpkt.Packet | bytes, where: str, depth: int) -> None:
-        if depth > 8:
-            return
-        raw = bytes(data)
-        if proto == 1 and len(raw) >= 8:
-            t = raw[0]
-            if t == 5:
-                self.add(f"{where}.icmp.gw", raw[4:8])
-            if t in _ICMP_ERRORS and len(raw) > 8:
-                self.ip4(raw[8:], f"{where}.icmp.quote", depth + 1)
-            if t == 9:
-                for k in range(raw[4]):
-                    a = 8 + k * raw[5] * 4
-                    self.add(f"{where}.icmp.router", raw[a:a + 4])
-        elif proto == 58 and len(raw) >= 8:
-            self.icmp6(raw, where, depth)
-        elif proto == 4:
-            self.ip4(raw, f"{where}.ipip", depth + 1)
-        elif proto == 41:
-            self.ip6(raw, f"{where}.6in4", depth + 1)
-        elif proto == 47:
-            gre = dpkt.gre.GRE(raw)
-            inner = gre.data
-            if isinstance(inner, dpkt.ip.IP):
-                self.ip4(inner, f"{where}.gre", depth + 1)
-            elif isinstance(inner, dpkt.ip6.IP6):
-                self.ip6(inner, f"{where}.gre", depth + 1)
-            elif gre.p == 0x6558:
-                self.l2(dpkt.ethernet.Ethernet(bytes(inner)), f"{where}.gre.eth")
-        elif proto == 17 and len(raw) >= 8:
-            sport, dport = struct.unpack_from("!HH", raw)
-            if 3544 in (sport, dport):
-                body = raw[8:]
-                if body[:2] == b"\x00\x00" and len(body) >= 8:
-                    self.add(f"{where}.teredo.origin", bytes(b ^ 0xFF for b in body[4:8]))
-                    body = body[8:]
-                if body and body[0] >> 4 == 6:
-                    self.ip6(body, f"{where}.teredo", depth + 1)
-
-    def icmp6(self, raw: bytes, where: str, depth: int) -> None:
-        t = raw[0]
-        if t in _ICMP6_ERRORS and len(raw) > 8:
-            self.ip6(raw[8:], f"{where}.icmp6.quote", depth + 1)
-            return
-        if t in (130, 131, 132) and len(raw) >= 24:
-            self.add(f"{where}.mld", raw[8:24])
-            for a in range(28, len(raw) - 15, 16):
-                self.add(f"{where}.mld.src", raw[a:a + 16])
-        if t == 143:
-            a = 8
-            for _ in range(struct.unpack_from("!H", raw, 6)[0]):
-                if a + 20 > len(raw):
-                    break
-                self.add(f"{where}.mld2.group", raw[a + 4:a + 20])
-                nsrc, aux = struct.unpack_from("!H", raw, a + 2)[0], raw[a + 1] * 4
-                for k in range(nsrc):
-                    self.add(f"{where}.mld2.src", raw[a + 20 + 16 * k:a + 36 + 16 * k])
-                a += 20 + 16 * nsrc + aux
-        starts = {133: 8, 134: 16, 135: 24, 136: 24, 137: 40}
-        if t in (135, 136, 137) and len(raw) >= 24:
-            self.add(f"{where}.nd.target", raw[8:24])
-        if t == 137 and len(raw) >= 40:
-            self.add(f"{where}.nd.dest", raw[24:40])
-        q = starts.get(t)
-        while q is not None and q + 2 <= len(raw) and raw[q + 1]:
-            ot, ol = raw[q], raw[q + 1] * 8
-            if ot == 3 and ol == 32:
-                self.add(f"{where}.nd.prefix", raw[q + 16:q + 32])
-            elif ot == 24 and ol == 24:
-                self.add(f"{where}.nd.route", raw[q + 8:q + 24])
-            elif ot == 25:
-                for a in range(q + 8, q + ol - 15, 16):
-                    self.add(f"{where}.nd.rdnss", raw[a:a + 16])
-            elif ot == 4:
-                self.ip6(raw[q + 8:q + ol], f"{where}.nd.redirected", depth + 1)
-            q += ol
-
-
-def addresses(linktype: int, data: bytes) -> list[Address]:
-    """Every address dpkt (plus small manual decoders) finds in one packet."""
-    c = _Collector()
-    c.frame(linktype, data)
-    return c.found
-
-
-def _csum_ok(data: bytes) -> bool:
-    return dpkt.in_cksum(data) == 0
-
-
-def _l3_offset(linktype: int, data: bytes) -> int | None:
-    """Where the IP header starts (Ethernet with any number of VLAN tags, SLL, Null, raw)."""
-    if linktype == 1:
-        off, et = 14, data[12:14]
-        while et in (b"\x81\x00", b"\x88\xa8", b"\x91\x00"):
-            et, off = data[off + 2:off + 4], off + 4
-        return off if et in (b"\x08\x00", b"\x86\xdd") else None
-    if linktype == 113:
-        return 16 if data[14:16] in (b"\x08\x00", b"\x86\xdd") else None
-    if linktype == 0:
-        return 4
-    return 0
-
-
-def checksum_errors(linktype: int, data: bytes, origlen: int) -> list[str]:
-    """Checksums that do not verify in one packet: IPv4 headers (outer and quoted) always;
-    TCP/UDP/ICMP/ICMPv6 of the outer packet when it was captured whole and is not a fragment."""
-    off = _l3_offset(linktype, data)
-    if off is None or len(data) < off + 20:
-        return []
-    ip = data[off:]
-    errors: list[str] = []
-    whole = len(data) == origlen
-    if ip[0] >> 4 == 4:
-        ihl = (ip[0] & 15) * 4
-        total = struct.unpack_from("!H", ip, 2)[0]
-        if ihl < 20 or len(ip) < ihl:
-            return []
-        if not _csum_ok(ip[:ihl]):
-            errors.append("ipv4_header")
-        proto = ip[9]
-        l4 = ip[ihl:total]
-        if proto == 1 and len(l4) >= 28 and l4[0] in _ICMP_ERRORS and l4[8] >> 4 == 4:
-            qihl = (l4[8] & 15) * 4
-            if len(l4) >= 8 + qihl and not _csum_ok(l4[8:8 + qihl]):
-                errors.append("quoted_ipv4_header")
-        fragment = struct.unpack_from("!H", ip, 6)[0] & 0x3FFF
-        if whole and not fragment and len(ip) >= total:
-            errors += _l4_errors(proto, l4, ip[12:20] + struct.pack("!BBH", 0, proto, len(l4)))
-    elif ip[0] >> 4 == 6 and len(ip) >= 40 and whole:
-        plen = struct.unpack_from("!H", ip, 4)[0]
-        nh, q = ip[6], 40
-        while nh in (0, 43, 44, 51, 60) and q + 8 <= len(ip):
-            if nh == 44 and struct.unpack_from("!H", ip, q + 2)[0] & 0xFFF9:
-                return errors  # fragment: the upper-layer checksum spans other packets
-            nh, q = ip[q], q + (8 if nh == 44 else (ip[q + 1] + 2) * 4 if nh == 51 else (ip[q + 1] + 1) * 8)
-        l4 = ip[q:40 + plen]
-        errors += _l4_errors(nh, l4, ip[8:40] + struct.pack("!IxxxB", len(l4), nh))
-    return errors
-
-
-def _l4_errors(proto: int, l4: bytes, pseudo: bytes) -> list[str]:
-    if proto == 6 and len(l4) >= 20:
-        return [] if _csum_ok(pseudo + l4) else ["tcp"]
-    if proto == 17 and len(l4) >= 8:
-        if l4[6:8] == b"\x00\x00":
-            return []
-        return [] if _csum_ok(pseudo + l4) else ["udp"]
-    if proto == 1 and len(l4) >= 4:
-        return [] if _csum_ok(l4) else ["icmp"]
-    if proto == 58 and len(l4) >= 4:
-        return [] if _csum_ok(pseudo + l4) else ["icmp6"]
-    return []
-
-
-@dataclass
-class Finding:
-    """One private address found in the sanitized file."""
-
-    packet: int
-    kind: str          # "structural" or "raw"
-    where: str         # header path or byte offset
-    address: str
-
-    def __str__(self) -> str:
-        return f"packet {self.packet}: {self.kind} {self.where}: {self.address}"
-
-
-@dataclass
-class LeakReport:
-    """Result of leakcheck."""
-
-    private_in_orig: int
-    packets_orig: int
-    packets_sanitized: int
-    leaks: list[Finding] = field(default_factory=list)
-    checksum_errors: Counter = field(default_factory=Counter)
-    checksum_errors_orig: Counter = field(default_factory=Counter)
-
-    @property
-    def new_checksum_errors(self) -> dict[str, int]:
-        """Checksum failures the sanitizer introduced (more than in the original)."""
-        return {k: n - self.checksum_errors_orig.get(k, 0) for k, n in self.checksum_errors.items()
-                if n > self.checksum_errors_orig.get(k, 0)}
-
-    @property
-    def ok(self) -> bool:
-        return not self.leaks and not self.new_checksum_errors
-
-    def lines(self, limit: int = 50) -> list[str]:
-        out = [f"original: {self.packets_orig} packets, {self.private_in_orig} distinct private addresses; "
-               f"sanitized: {self.packets_sanitized} packets",
-               f"leaks: {len(self.leaks)}"]
-        out += [f"  {f}" for f in self.leaks[:limit]]
-        if len(self.leaks) > limit:
-            out.append(f"  ... {len(self.leaks) - limit} more")
-        bad = self.new_checksum_errors
-        out.append("checksums: " + (", ".join(f"{k} {n}" for k, n in sorted(bad.items())) + " bad (new)" if bad else "ok"))
-        return out
-
-
-def _fmt(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
-
-
-def _in_private(raw: bytes, nets: list[ipaddress._BaseNetwork]) -> bool:
-    ip = ipaddress.ip_address(raw)
-    return any(ip.version == n.version and ip in n for n in nets)
-
-
-def _raw_hits(blob: bytes, patterns: set[bytes]) -> list[tuple[int, bytes]]:
-    """Every position in blob where one of the patterns (4 or 16 bytes) occurs."""
-    hits: list[tuple[int, bytes]] = []
-    if not patterns or len(blob) < 4:
-        return hits
-    arr = np.frombuffer(blob, dtype=np.uint8)
-    windows = np.lib.stride_tricks.sliding_window_view(arr, 4)
-    keys = windows.view(">u4").ravel() if windows.flags.c_contiguous else np.ascontiguousarray(windows).view(">u4").ravel()
-    # prefilter on the LAST 4 bytes of each pattern (IPv6 prefixes are shared, suffixes not)
-    by_tail: dict[int, list[bytes]] = {}
-    for p in patterns:
-        by_tail.setdefault(int.from_bytes(p[-4:], "big"), []).append(p)
-    tails = np.fromiter(by_tail.keys(), dtype=np.uint32)
-    for pos in np.nonzero(np.isin(keys, tails))[0]:
-        end = int(pos) + 4
-        for p in by_tail[int(keys[pos])]:
-            if blob[end - len(p):end] == p:
-                hits.append((end - len(p), p))
-    return hits
-
-
-def leakcheck(orig: str | Path, sanitized: str | Path, private: list[str]) -> LeakReport:
-    """Find every private address of ORIG still present in SANITIZED, structurally (any
-    address inside `private`, anywhere dpkt and the manual decoders reach) and as raw byte
-    patterns of ORIG's private addresses anywhere in the packet bytes; verify checksums."""
-    nets = [ipaddress.ip_network(c, strict=False) for c in private]
-    h_orig, rec_orig = read_pcap(orig)
-    h_san, rec_san = read_pcap(sanitized)
-    patterns: set[bytes] = set()
-    report = LeakReport(0, 0, 0)
-    for _ts, _cap, origlen, data in iter_packets(rec_orig):
-        report.packets_orig += 1
-        blob = bytes(data)
-        for _where, raw in addresses(h_orig.linktype, blob):
-            if len(raw) in (4, 16) and _in_private(raw, nets):
-                patterns.add(raw)
-        report.checksum_errors_orig.update(checksum_errors(h_orig.linktype, blob, origlen))
-    # Teredo stores the client inverted: look for that form as raw bytes too
-    patterns |= {bytes(b ^ 0xFF for b in p) for p in patterns if len(p) == 4}
-    report.private_in_orig = len({p for p in patterns if _in_private(p, nets)})
-    for idx, (_ts, _cap, origlen, data) in enumerate(iter_packets(rec_san)):
-        report.packets_sanitized += 1
-        blob = bytes(data)
-        for where, raw in addresses(h_san.linktype, blob):
-            if len(raw) in (4, 16) and _in_private(raw, nets):
-                report.leaks.append(Finding(idx, "structural", where, _fmt(raw)))
-        for pos, p in _raw_hits(blob, patterns):
-            report.leaks.append(Finding(idx, "raw", f"byte {pos}", _fmt(p)))
-        report.checksum_errors.update(checksum_errors(h_san.linktype, blob, origlen))
-    return report

@@ -30,6 +30,7 @@ import ipaddress
 import json
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -175,7 +176,7 @@ class Policy:
         """Bytes kept after the innermost transport header; -1 keeps everything."""
         return {"keep": -1, "cut": self.payload_bytes, "headers": 0}[self.payload_mode]
 
-    @property
+    @cached_property
     def key_fingerprint(self) -> str:
         """SHA-256 (16 hex chars) over the key material; empty when the policy has no key."""
         material = (self.cryptopan_key or b"") + (self.mac_key if self.mac_key not in (None, self.cryptopan_key) else b"")
@@ -195,7 +196,7 @@ class Policy:
             "key_fingerprint": self.key_fingerprint,
         }
 
-    @property
+    @cached_property
     def version(self) -> str:
         """Content hash (16 hex chars) of the normalized policy; changes with any rule or key."""
         blob = json.dumps(self.normalized(), sort_keys=True, separators=(",", ":")).encode()

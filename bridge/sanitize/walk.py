@@ -66,7 +66,8 @@ MAX_IP_LAYERS = 8
 MAX_VLAN_TAGS = 8
 
 # column layout of the site tables
-# v4: off, pkt, role, inverted   v6: off, pkt, role   mac: off, pkt
+# v4: off, pkt, role, inverted, value (big-endian uint32, un-inverted)
+# v6: off, pkt, role, high 64 bits, low 64 bits (bit patterns)   mac: off, pkt
 # cs: pkt, field, start, end, ps_src, ps_dst, ps_len, udp
 CS_COLS = 8
 
@@ -572,16 +573,30 @@ def _walk(buf, d, end, linktype, pkt, mac_on, v4, v6, mac, cs, n):
 
 @njit(cache=True)
 def scan(buf, linktype, mac_on, payload_keep, cut_unparseable, recs, verdict, reason, newcap, v4, v6, mac, cs, n):
-    """Walk every record of buf; fill the site tables and the per-packet verdicts.
+    """Walk every record of buf; fill recs (record header offsets), the site tables and the
+    per-packet verdicts.
 
-    recs[i] is the offset of record i's header. n = [nv4, nv6, nmac, ncs, overflow]; on
-    overflow (n[4] = 1) the caller enlarges the tables and calls again.
+    n = [nv4, nv6, nmac, ncs, overflow, records, bad_record_at, max_changes]; on overflow
+    (n[4] = 1) the caller enlarges the tables and calls again; a record running past the end of
+    buf stops the walk with n[6] = its offset. max_changes bounds the 16-bit words `apply` may
+    change in one packet (a site can straddle one extra word).
     """
-    for i in range(recs.shape[0]):
-        r = recs[i]
-        d = r + 16
+    size = buf.shape[0]
+    r = 0
+    i = 0
+    while r < size:
+        if r + 16 > size:
+            n[6] = r
+            return
         cap = np.int64(buf[r + 8]) | (np.int64(buf[r + 9]) << 8) | (np.int64(buf[r + 10]) << 16) | (np.int64(buf[r + 11]) << 24)
+        d = r + 16
         end = d + cap
+        if end > size:
+            n[6] = r
+            return
+        recs[i] = r
+        n[5] = i + 1
+        r = end
         s0 = n[0]
         s1 = n[1]
         s2 = n[2]
@@ -589,27 +604,32 @@ def scan(buf, linktype, mac_on, payload_keep, cut_unparseable, recs, verdict, re
         why, at = _walk(buf, d, end, linktype, i, mac_on, v4, v6, mac, cs, n)
         if n[4]:
             return
+        pk = i
+        i += 1
+        changes = (n[0] - s0) * 3 + (n[1] - s1) * 9 + (n[2] - s2) * 4 + (n[3] - s3)
+        if changes > n[7]:
+            n[7] = changes
         if why == R_OK:
             if payload_keep >= 0 and at >= 0 and at + payload_keep < end:
-                verdict[i] = V_CUT
-                reason[i] = R_PAYLOAD
-                newcap[i] = at + payload_keep - d
+                verdict[pk] = V_CUT
+                reason[pk] = R_PAYLOAD
+                newcap[pk] = at + payload_keep - d
             else:
-                verdict[i] = V_KEEP
-                reason[i] = R_OK
-                newcap[i] = cap
+                verdict[pk] = V_KEEP
+                reason[pk] = R_OK
+                newcap[pk] = cap
             continue
-        reason[i] = why
+        reason[pk] = why
         if not cut_unparseable:
-            verdict[i] = V_DROP
-            newcap[i] = -1
+            verdict[pk] = V_DROP
+            newcap[pk] = -1
             n[0] = s0
             n[1] = s1
             n[2] = s2
             n[3] = s3
             continue
-        verdict[i] = V_CUT
-        newcap[i] = at - d
+        verdict[pk] = V_CUT
+        newcap[pk] = at - d
         # forget the sites and checksum fields that are no longer (wholly) in the packet
         k = s0
         for j in range(s0, n[0]):
@@ -635,6 +655,18 @@ def scan(buf, linktype, mac_on, payload_keep, cut_unparseable, recs, verdict, re
                 cs[k] = cs[j]
                 k += 1
         n[3] = k
+    # values of the IPv4 sites (stored inverted ones un-inverted), for the vectorized mapping
+    for k in range(n[0]):
+        off = v4[k, 0]
+        val = (np.int64(buf[off]) << 24) | (np.int64(buf[off + 1]) << 16) | (np.int64(buf[off + 2]) << 8) | np.int64(buf[off + 3])
+        v4[k, 4] = val ^ 0xFFFFFFFF if v4[k, 3] else val
+    for k in range(n[1]):
+        off = v6[k, 0]
+        for half in range(2):
+            val = np.int64(0)
+            for b in range(8):
+                val = (val << 8) | np.int64(buf[off + 8 * half + b])
+            v6[k, 3 + half] = val
 
 
 @njit(cache=True)
@@ -712,9 +744,11 @@ def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, nv4, nv6,
             a4 += 1
         while a6 < nv6 and v6[a6, 1] == i:
             off = v6[a6, 0]
-            for b in range(16):
-                old[b] = buf[off + b]
-                buf[off + b] = v6_new[a6, b]
+            for half in range(2):
+                val = v6_new[a6, half]
+                for b in range(8):
+                    old[8 * half + b] = buf[off + 8 * half + b]
+                    buf[off + 8 * half + b] = (val >> np.uint64(56 - 8 * b)) & np.uint64(0xFF)
             nch = _record_change(buf, d, off, 16, ch, nch, old)
             a6 += 1
         while am < nmac and mac[am, 1] == i:

@@ -32,7 +32,7 @@ from bridge.hop import Shutdown  # noqa: E402
 from bridge.hops.sanitize import Worker  # noqa: E402
 from bridge.pcap import PcapHeader, iter_packets, pack_record  # noqa: E402
 from bridge.sanitize import Sanitizer, policy_from_flags  # noqa: E402
-from bridge.sanitize.offline import addresses  # noqa: E402
+from bridge.sanitize.leakcheck import addresses  # noqa: E402
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

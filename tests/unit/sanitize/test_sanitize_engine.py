@@ -10,7 +10,7 @@ import pytest
 
 from bridge.pcap import iter_packets, pack_record
 from bridge.sanitize import PcapRecordError, Sanitizer, policy_from_flags
-from bridge.sanitize.offline import addresses, checksum_errors
+from bridge.sanitize.leakcheck import addresses, checksum_errors
 from sanitize_corpus import MAC_A, MAC_B, MAC_ND, PNAT, PRIVATE, Case, a4, cases, eth, ip4_tcp, ip4_udp, records
 
 NETS = [ipaddress.ip_network(c) for c in PRIVATE]

@@ -11,7 +11,8 @@ from sanitize_corpus import PNAT, PRIVATE, cases, records
 from bridge.cli import main
 from bridge.pcap import PcapHeader, iter_packets, read_pcap, write_pcap
 from bridge.sanitize import policy_from_flags
-from bridge.sanitize.offline import leakcheck, sanitize_file
+from bridge.sanitize.leakcheck import leakcheck
+from bridge.sanitize.offline import sanitize_file
 
 
 @pytest.fixture()
