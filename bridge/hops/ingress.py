@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 TICK = 0.025  # seconds between age flushes / producer polls
 KEEPALIVE = (15, 5, 3)  # idle, interval, count: a dead peer is noticed after ~30 s
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+TLS_HANDSHAKE_TIMEOUT = 15.0
 
 
 class Rejection(Exception):
@@ -164,7 +165,29 @@ class Session(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE[0])
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE[1])
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE[2])
-        self.server.opened(self)
+        self.server.opened(self)  # address and session-count rules, before any TLS work
+        if self.server.tls is not None and not self.closed:
+            # TLS is started here rather than by the listener so that a failed handshake
+            # (garbage, plain D4 on the TLS port, a scanner) is counted and logged like any
+            # other rejection; the listener would drop it silently.
+            self.admitting = True
+            transport.pause_reading()  # until the TLS layer takes over the socket
+            asyncio.get_running_loop().create_task(self._start_tls(transport))
+
+    async def _start_tls(self, raw: asyncio.BaseTransport) -> None:
+        try:
+            wrapped = await asyncio.get_running_loop().start_tls(
+                raw, self, self.server.tls, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+            self.reject("tls_handshake", f"{type(exc).__name__}: {exc}")
+            self.server.closed(self)  # the TLS layer never reports this connection as lost
+            return
+        if self.closed or wrapped is None:
+            return
+        self.transport = wrapped  # type: ignore[assignment]
+        self.admitting = False
+        if self.server.paused:
+            wrapped.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -391,8 +414,7 @@ class IngressServer:
         loop = asyncio.get_running_loop()
         # "*" listens on every address of both families (d4-core listens on "::" dual-stack)
         self._server = await loop.create_server(lambda: Session(self), None if host == "*" else host, port,
-                                                ssl=self.tls,
-                                                reuse_address=True, ssl_handshake_timeout=15 if self.tls else None)
+                                                reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("ingress: listening on %s:%d (%s)", host, self.port, "TLS" if self.tls else "plain TCP")
         return self.port

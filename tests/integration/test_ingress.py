@@ -497,3 +497,24 @@ def test_reference_vectors_accepted(rules, vector):
         time.sleep(0.02)
     assert metrics.INGRESS_FRAMES.labels("1")._value.get() == frames_before + 1
     assert not closed_by_server(sock, timeout=0.5)  # still open: nothing was refused
+
+
+def test_plain_d4_on_the_tls_port_is_a_counted_rejection(kafka_config, tmp_path):
+    from bridge import metrics
+
+    pem = write_self_signed_pem(tmp_path / "server.pem")
+    cfg = ingress_config(kafka_config, _Names(), cert=str(pem), hmac_key=KEY)
+    with IngressThread(cfg) as ing:
+        before = rejections("tls_handshake")
+        active = metrics.INGRESS_SESSIONS_ACTIVE._value.get()
+        u = uuidlib.uuid4()
+        sock = socket.create_connection(("127.0.0.1", ing.port), timeout=5)
+        sock.sendall(encode_frame(1, u.bytes, KEY, MARKER))
+        assert closed_by_server(sock)
+        deadline = time.monotonic() + 5
+        while rejections("tls_handshake") < before + 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rejections("tls_handshake") == before + 1
+        assert not ing.server.sessions  # nothing left behind by the failed handshake
+        assert metrics.INGRESS_SESSIONS_ACTIVE._value.get() == active
+    assert read_topic(kafka_config, cfg.ingress.topic, "PcapBatch", idle=0.5) == []
