@@ -97,12 +97,12 @@ class Stats:
 
 
 @njit(cache=True, nogil=True)
-def _dedup(digest, ts, sensor, table_h, table_t, table_s, sensor_max, window_ns, keep_ns):  # pragma: no cover
+def _dedup(digest, ts, sensor, table_h, table_t, table_s, horizon, window_ns):  # pragma: no cover - jitted
     """Mark copies: the same packet from another sensor within window_ns, or a replay (same sensor, same time).
 
     A SYN-ACK retransmission (same bytes, same sensor, later time) is not a copy.
-    An entry is kept until its own sensor's time is keep_ns past it (sensors may
-    be read far apart in time); a full probe run overwrites its oldest entry.
+    Entries older than ``horizon`` may be reused (the slowest active sensor is
+    past them, so no copy can still come); a full probe run overwrites its oldest.
     """
     n = digest.shape[0]
     mask = table_h.shape[0] - 1
@@ -128,7 +128,7 @@ def _dedup(digest, ts, sensor, table_h, table_t, table_s, sensor_max, window_ns,
                 if (table_s[slot] != s and dt <= window_ns) or (table_s[slot] == s and dt == 0):
                     dup[i] = True
                     break
-            if free < 0 and table_t[slot] < sensor_max[table_s[slot]] - keep_ns:
+            if free < 0 and table_t[slot] < horizon:
                 free = slot
             if table_t[slot] < table_t[oldest]:
                 oldest = slot
@@ -257,8 +257,8 @@ class Aggregator:
             self.sensor_max[source] = max(self.sensor_max[source], int(cols.ts_ns.max()))
         if idx.size:
             dup, overflow = _dedup(cols.digest[idx], cols.ts_ns[idx], np.full(idx.size, source, np.int32),
-                                   self.dedup_h, self.dedup_t, self.dedup_s, np.array(self.sensor_max, np.int64),
-                                   int(self.config.dedup_window_s * _NS), self._dedup_keep_ns)
+                                   self.dedup_h, self.dedup_t, self.dedup_s, self._dedup_horizon,
+                                   int(self.config.dedup_window_s * _NS))
             self.stats.duplicates += int(np.count_nonzero(dup))
             self.stats.dedup_overflow += int(overflow)
             idx = idx[~dup]
@@ -277,8 +277,9 @@ class Aggregator:
         return self._sweep()
 
     @property
-    def _dedup_keep_ns(self) -> int:
-        return int((self.config.dedup_window_s + self.config.allowed_lateness_s) * _NS)
+    def _dedup_horizon(self) -> int:
+        """Packets remembered for copies until every active sensor is the lateness plus the window past them."""
+        return max(self.watermark_ns - int(self.config.dedup_window_s * _NS), _NEVER)
 
     def finish(self) -> list[dict[str, Any]]:
         """End of input: expire every vector (final events for declared attacks)."""
@@ -487,8 +488,7 @@ class Aggregator:
         """Serialize the whole state (live rows, details, dedup memory, watermark)."""
         rows = np.array(sorted(self.index.values()), dtype=np.int64)
         arrays = {f"col_{name}": col[rows] for name, col in self.cols.items()}
-        horizon = np.array(self.sensor_max + [_NEVER], np.int64)[self.dedup_s] - self._dedup_keep_ns
-        live = (self.dedup_h != 0) & (self.dedup_t >= horizon)
+        live = (self.dedup_h != 0) & (self.dedup_t >= self._dedup_horizon)
         arrays["dedup_h"] = self.dedup_h[live]
         arrays["dedup_t"] = self.dedup_t[live]
         arrays["dedup_s"] = self.dedup_s[live]
@@ -527,7 +527,7 @@ class Aggregator:
                 agg.details[pos] = _Detail(set(z[f"addr_{pos}"].tolist()), set(ports), sites, sensors)
             order = np.argsort(z["dedup_t"], kind="stable")  # re-insert oldest first, as they came
             _dedup(z["dedup_h"][order], z["dedup_t"][order], z["dedup_s"][order], agg.dedup_h, agg.dedup_t,
-                   agg.dedup_s, np.array(meta["sensor_max"], np.int64), -1, agg._dedup_keep_ns)
+                   agg.dedup_s, _NEVER, -1)
         agg.sensor_max, agg.swept_at = meta["sensor_max"], meta["swept_at"]
         agg.sites, agg.sensors = meta["sites"], meta["sensors"]
         agg.stats = replace(Stats(), **meta["stats"], classes=np.array(meta["classes"], np.int64))

@@ -156,7 +156,10 @@ class Router:
         if self.producer.flush(60) or delivery.failed:
             raise RuntimeError(f"route: {delivery.failed} records to {self.route_topic} not delivered; "
                                "not committing (the input is read again after a restart)")
-        self.consumer.commit(asynchronous=False)
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:  # revoked meanwhile: the new owner routes these again (replays are dropped)
+            log.warning("analyze: route commit failed (%s); records will be routed again", exc)
 
 
     def _tick(self, template: dict[str, Any], newest: int, sent: set[tuple[int, str]], delivery: _Delivery) -> None:

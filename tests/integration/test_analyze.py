@@ -81,61 +81,103 @@ def _topic_events(kcfg: KafkaConfig, topic: str, group: str) -> list[dict]:
     return events
 
 
-def test_three_sites_crash_and_restarts_mid_attack(tmp_path: Path, kafka_config: KafkaConfig, unique) -> None:
-    in_topic, out_topic, group = unique("pcap"), unique("backscatter"), unique("analyze")
-    kafka.create_topics(kafka_config, 2, topics=[in_topic])
-    prefixes = tuple(p for ps in SITES.values() for p in ps)
-    g = T.generate(T.Scenario(telescope=prefixes, attacks=T.reference_attacks(10, 300), seed=31), START, 720, 40)
-    feed = sorted((rec for site in SITES for rec in _records(T.site_view(g, SITES[site], OFFSETS[site]), site)),
-                  key=lambda r: r[0])
-    producer = kafka.make_producer(kafka_config, "test")
+class Hub:
+    """Topics, three sites' generated captures fed in time order, and analyzer command lines."""
 
-    def produce_until(seconds: float) -> None:
-        while feed and feed[0][0] < START + seconds * 1e9:
-            value = feed.pop(0)[1]
-            producer.produce(in_topic, value, key=records.decode(value)["sensor_uuid"].encode())
-        assert producer.flush(30) == 0
+    def __init__(self, tmp: Path, kcfg: KafkaConfig, unique) -> None:
+        self.tmp, self.kcfg, self.unique = tmp, kcfg, unique
+        self.in_topic, self.out_topic, self.group = unique("pcap"), unique("backscatter"), unique("analyze")
+        kafka.create_topics(kcfg, 2, topics=[self.in_topic])
+        self.prefixes = tuple(p for ps in SITES.values() for p in ps)
+        self.g = T.generate(T.Scenario(telescope=self.prefixes, attacks=T.reference_attacks(10, 300), seed=31),
+                            START, 720, 40)
+        self.feed = sorted((rec for site in SITES
+                            for rec in _records(T.site_view(self.g, SITES[site], OFFSETS[site]), site)),
+                           key=lambda r: r[0])
+        self.producer = kafka.make_producer(kcfg, "test")
 
-    def config(snapshot_seconds: float) -> list[str]:
-        path = tmp_path / f"analyze-{snapshot_seconds}.toml"
+    def produce_until(self, seconds: float) -> None:
+        while self.feed and self.feed[0][0] < START + seconds * 1e9:
+            value = self.feed.pop(0)[1]
+            self.producer.produce(self.in_topic, value, key=records.decode(value)["sensor_uuid"].encode())
+        assert self.producer.flush(30) == 0
+
+    def start(self, name: str, snapshot_seconds: float) -> Analyzer:
+        path = self.tmp / f"{name}.toml"
         site_telescopes = ", ".join(f'"{s}={";".join(p)}"' for s, p in SITES.items())
         path.write_text(f"[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 500\n"
                         f"statistics_interval_ms = 0\nlinger_ms = 5\n"
                         f"[analyze]\nsnapshot_seconds = {snapshot_seconds}\nsite_telescope = [{site_telescopes}]\n")
-        return ["--config", str(path), "--bootstrap", kafka_config.bootstrap, "--telescope", ",".join(prefixes),
-                "--topic", in_topic, "--out", out_topic, "--group", group, "--metrics-port", "0"]
+        return Analyzer(self.tmp, name, [
+            "--config", str(path), "--bootstrap", self.kcfg.bootstrap, "--telescope", ",".join(self.prefixes),
+            "--topic", self.in_topic, "--out", self.out_topic, "--group", self.group, "--metrics-port", "0"])
 
-    declared = lambda evs: sum(e["status"] == "declared" for e in evs)  # noqa: E731
+    def check(self, runs: list[Analyzer]) -> None:
+        """Every attack once: one declared, updates, one final with every packet counted once."""
+        printed = [e for run in runs for e in run.events()]
+        published = _topic_events(self.kcfg, self.out_topic, self.unique("check"))
+        for events in (printed, published):
+            idents = [(e["attack_id"], e["status"], e["seq"]) for e in events]
+            assert len(idents) == len(set(idents)), "an event was reported twice"
+        assert all(e in published for e in printed), "stdout shows published events only"
+        for truth in self.g.truth:
+            mine = sorted((e for e in published if e["victim"] == truth.victim), key=lambda e: e["seq"])
+            assert [e["seq"] for e in mine] == list(range(len(mine))), "no event lost"
+            assert mine[0]["status"] == "declared" and mine[-1]["status"] == "final"
+            assert all(e["status"] == "update" for e in mine[1:-1])
+            final = mine[-1]
+            assert final["packets"] == truth.observed_packets, "every packet counted once across restarts and sites"
+            assert final["protocol"] == truth.protocol
+            assert final["ports"] == ([] if truth.port is None else [truth.port])
+            assert abs(final["estimated_pps"] - truth.pps) <= 0.2 * truth.pps
+            assert set(final["sites"]) == set(SITES) and final["monitored_addresses"] == 2 * 65536 + 32768
+
+
+def _declared(events: list[dict]) -> int:
+    return sum(e["status"] == "declared" for e in events)
+
+
+def _finals(events: list[dict]) -> int:
+    return sum(e["status"] == "final" for e in events)
+
+
+def test_three_sites_crash_and_restarts_mid_attack(tmp_path: Path, kafka_config: KafkaConfig, unique) -> None:
+    hub = Hub(tmp_path, kafka_config, unique)
     # 1: attacks under way; crash (SIGKILL) before any snapshot: the restart must replay everything
-    produce_until(150)
-    first = Analyzer(tmp_path, "run1", config(3600))
-    first.wait_for(lambda evs: declared(evs) == 5)
+    hub.produce_until(150)
+    first = hub.start("run1", 3600)
+    first.wait_for(lambda evs: _declared(evs) == 5)
     time.sleep(1)
     first.stop(signal.SIGKILL)
     # 2: more of the attacks; restart, then a graceful stop (snapshot on the way out)
-    produce_until(260)
-    second = Analyzer(tmp_path, "run2", config(1))
+    hub.produce_until(260)
+    second = hub.start("run2", 1)
     second.wait_for(lambda evs: any(e["status"] == "update" and e["last_seen_ns"] > START + 200e9 for e in evs))
     second.stop(signal.SIGTERM)
     # 3: the rest, past the idle timeout: restored from the snapshot, the attacks end
-    produce_until(10**6)
-    third = Analyzer(tmp_path, "run3", config(1))
-    third.wait_for(lambda evs: sum(e["status"] == "final" for e in evs) == 5)
+    hub.produce_until(10**6)
+    third = hub.start("run3", 1)
+    third.wait_for(lambda evs: _finals(evs) == 5)
     third.stop(signal.SIGTERM)
+    assert _declared(second.events()) == 0 and _declared(third.events()) == 0
+    hub.check([first, second, third])
 
-    printed = first.events() + second.events() + third.events()
-    published = _topic_events(kafka_config, out_topic, unique("check"))
-    for events in (printed, published):
-        idents = [(e["attack_id"], e["status"], e["seq"]) for e in events]
-        assert len(idents) == len(set(idents)), "an event was reported twice"
-    assert declared(second.events()) == 0 and declared(third.events()) == 0
-    for truth in g.truth:
-        mine = sorted((e for e in published if e["victim"] == truth.victim), key=lambda e: e["seq"])
-        assert [e["seq"] for e in mine] == list(range(len(mine))), "no event lost"
-        assert mine[0]["status"] == "declared" and mine[-1]["status"] == "final"
-        assert all(e["status"] == "update" for e in mine[1:-1])
-        final = mine[-1]
-        assert final["packets"] == truth.observed_packets, "every packet counted once across crash and sites"
-        assert final["protocol"] == truth.protocol and final["ports"] == ([] if truth.port is None else [truth.port])
-        assert abs(final["estimated_pps"] - truth.pps) <= 0.2 * truth.pps
-        assert set(final["sites"]) == set(SITES) and final["monitored_addresses"] == 2 * 65536 + 32768
+
+def test_rebalance_to_a_second_analyzer_mid_attack(tmp_path: Path, kafka_config: KafkaConfig, unique) -> None:
+    hub = Hub(tmp_path, kafka_config, unique)
+    hub.produce_until(150)
+    a = hub.start("a", 2)
+    a.wait_for(lambda evs: _declared(evs) == 5)
+    b = hub.start("b", 2)  # joins the group: partitions (and their state) move between the two
+    deadline = time.monotonic() + 60
+    while "restored (snapshot" not in b.err.read_text() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert "restored (snapshot" in b.err.read_text(), b.err.read_text()[-3000:]
+    hub.produce_until(10**6)
+    deadline = time.monotonic() + 120
+    while _finals(a.events() + b.events()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    for run in (a, b):
+        run.stop(signal.SIGTERM)
+    assert _declared(b.events()) == 0
+    hub.check([a, b])

@@ -168,17 +168,19 @@ def test_small_telescope_profile() -> None:
 
 def test_a_site_read_long_after_the_others_loses_nothing() -> None:
     """A consumer catching up serves partitions unevenly: one site's whole backlog may come last."""
-    sites = {"a": ("10.1.0.0/16",), "b": ("10.2.0.0/16",)}
+    sites = {"a": ("10.1.0.0/16",), "b": ("10.2.0.0/16",), "c": ("10.2.128.0/17",)}
     prefixes = tuple(p for ps in sites.values() for p in ps)
     g = T.generate(T.Scenario(telescope=prefixes, attacks=T.reference_attacks(10, 200), seed=13), START, 260, 50)
-    a, b = T.site_view(g, sites["a"]), T.site_view(g, sites["b"])
     agg = Aggregator(Telescopes(prefixes, sites))
     events = []
-    for site, view in (("a", a), ("b", b)):  # all of a, then all of b
-        for batch in _batches(view):
+    for site in ("a", "b", "c"):  # all of a, then all of b, then all of c (whose packets b also saw)
+        for batch in _batches(T.site_view(g, sites[site], 1.0 if site == "c" else 0.0)):
             events += agg.process(classify(batch), site, site)
     events += agg.finish()
     assert agg.stats.late == 0
+    overlap = PrefixSet(["10.2.128.0/17"]).contains(g.telescope_addr) & np.isin(
+        g.kind, [T.KINDS.index(k) for k in T.BACKSCATTER_KINDS])
+    assert agg.stats.duplicates == np.count_nonzero(overlap), "copies found however late their twin is read"
     final = {e["victim"]: e["packets"] for e in events if e["status"] == "final"}
     assert final == {t.victim: t.observed_packets for t in g.truth}
 
