@@ -25,6 +25,7 @@ thread, fed through a bounded in-memory queue.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -54,6 +55,8 @@ D4_TYPE_PCAP = 1
 IDLE_TICK = 0.05  # seconds a session thread waits for work before checking acknowledgements
 COMMIT_INTERVAL = 0.5  # seconds between offset commits
 CONSUME_BATCH = 200
+FETCH_WAIT_MS = 100
+PREFETCH_KBYTES = 16 * 1024
 PAUSE_AFTER = 1.0  # seconds over the queue bound before the partitions are paused (an outage, not a hiccup)
 PEEK_RECORDS = 5  # latest records per partition checked at start
 
@@ -117,14 +120,16 @@ def check_topic_sanitized(kcfg: KafkaConfig, topic: str, per_partition: int = PE
             log.warning("egress: topic %s does not exist yet; every record will be checked as it arrives", topic)
             return 0
         starts: list[TopicPartition] = []
+        ends: dict[int, int] = {}  # partition -> last offset at start: a live topic keeps growing
         for p in meta.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
             if high > low:
                 starts.append(TopicPartition(topic, p, max(low, high - per_partition)))
+                ends[p] = high - 1
         if not starts:
             return 0
         consumer.assign(starts)
-        open_parts = {tp.partition for tp in starts}
+        open_parts = set(ends)
         checked = sanitized = 0
         deadline = time.monotonic() + timeout
         while open_parts and time.monotonic() < deadline:
@@ -136,6 +141,8 @@ def check_topic_sanitized(kcfg: KafkaConfig, topic: str, per_partition: int = PE
                 if err.code() == KafkaError._PARTITION_EOF:
                     open_parts.discard(msg.partition())
                 continue
+            if msg.offset() >= ends[msg.partition()]:
+                open_parts.discard(msg.partition())
             checked += 1
             try:
                 rec = records.decode(msg.value(), expect="PcapBatch")
@@ -292,7 +299,13 @@ class Egress:
         self._avg_record = 64 * 1024.0  # running mean record size: sizes each consume() to the room left
         self._last_commit = 0.0
         self.dlq = kafka.make_producer(cfg.kafka, HOP)
-        self.consumer = kafka.make_consumer(cfg.kafka, HOP, self.ecfg.group, [self.ecfg.topic],
+        # egress is the latency-critical reader: a broker that answers fetches only at the wait
+        # limit (the embedded one does) would otherwise add up to librdkafka's 500 ms default.
+        # The prefetch bound keeps librdkafka's own buffer in proportion to ours while paused.
+        kcfg = dataclasses.replace(cfg.kafka, extra={"fetch.wait.max.ms": FETCH_WAIT_MS,
+                                                     "queued.max.messages.kbytes": PREFETCH_KBYTES,
+                                                     **cfg.kafka.extra})
+        self.consumer = kafka.make_consumer(kcfg, HOP, self.ecfg.group, [self.ecfg.topic],
                                             on_assign=self._on_assign, on_revoke=self._on_revoke,
                                             on_lost=self._on_lost)
 
