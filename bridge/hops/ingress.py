@@ -178,7 +178,14 @@ class Session(asyncio.Protocol):
         try:
             wrapped = await asyncio.get_running_loop().start_tls(
                 raw, self, self.server.tls, server_side=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError) as exc:
+            # the peer left before finishing the handshake (port probes, health checks): no rule broken
+            log.debug("ingress: %s closed during the TLS handshake: %s", self.peer, exc)
+            self.finish()
+            raw.abort()
+            self.server.closed(self)
+            return
+        except (OSError, asyncio.TimeoutError) as exc:  # ssl.SSLError is an OSError
             self.reject("tls_handshake", f"{type(exc).__name__}: {exc}")
             self.server.closed(self)  # the TLS layer never reports this connection as lost
             return
