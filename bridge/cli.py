@@ -116,6 +116,8 @@ COMMANDS: dict[str, Command] = {
         F("--topic", key="analyze.topic", help="input topic (default d4.pcap)"),
         F("--out", key="analyze.out_topic", help="event topic (default d4.backscatter)"),
         F("--profile", key="analyze.profile", help="threshold profile: default or small"),
+        F("--site-telescope", key="analyze.site_telescope",
+          help="per-site telescopes SITE=CIDR[;CIDR][,SITE=...] (other sites: --telescope)"),
         F("--group", key="analyze.group", help="consumer group"),
     ]),
     "sink": Command("bridge.hops.sink:run", "topic -> rotating .cap.gz files + analyzer queue (d4-core layout)", 7, [

@@ -161,7 +161,6 @@ class Router:
         except KafkaException as exc:  # revoked meanwhile: the new owner routes these again (replays are dropped)
             log.warning("analyze: route commit failed (%s); records will be routed again", exc)
 
-
     def _tick(self, template: dict[str, Any], newest: int, sent: set[tuple[int, str]], delivery: _Delivery) -> None:
         """Carry a sensor's event time to partitions that got none of its packets.
 
@@ -455,11 +454,15 @@ def run(cfg: Config) -> int:
     producer = kafka.make_producer(cfg.kafka, HOP)
     probe = Consumer({"bootstrap.servers": cfg.kafka.bootstrap, "group.id": f"{acfg.group}.probe"})
     try:
-        partitions = _partitions(probe, acfg.topic)
+        # the repartition topic gets as many partitions as the input (one existing from before keeps its own)
+        kafka.create_topics(cfg.kafka, _partitions(probe, acfg.topic), topics=[route_topic, acfg.out_topic])
+        _create_compacted(cfg, state_topic)
+        partitions = _partitions(probe, route_topic)
+    except RuntimeError as exc:
+        print(f"d4-bridge analyze: {exc} (create it with `d4-bridge topics`)", file=sys.stderr)
+        return 1
     finally:
         probe.close()
-    kafka.create_topics(cfg.kafka, partitions, topics=[route_topic, acfg.out_topic])
-    _create_compacted(cfg, state_topic)
     router = Router(cfg, producer, route_topic, partitions)
     detector = Detector(cfg, producer, route_topic, state_topic, telescopes)
     try:

@@ -104,12 +104,12 @@ class Hub:
 
     def start(self, name: str, snapshot_seconds: float) -> Analyzer:
         path = self.tmp / f"{name}.toml"
-        site_telescopes = ", ".join(f'"{s}={";".join(p)}"' for s, p in SITES.items())
         path.write_text(f"[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 500\n"
                         f"statistics_interval_ms = 0\nlinger_ms = 5\n"
-                        f"[analyze]\nsnapshot_seconds = {snapshot_seconds}\nsite_telescope = [{site_telescopes}]\n")
+                        f"[analyze]\nsnapshot_seconds = {snapshot_seconds}\n")
         return Analyzer(self.tmp, name, [
             "--config", str(path), "--bootstrap", self.kcfg.bootstrap, "--telescope", ",".join(self.prefixes),
+            "--site-telescope", ",".join(f"{s}={';'.join(p)}" for s, p in SITES.items()),
             "--topic", self.in_topic, "--out", self.out_topic, "--group", self.group, "--metrics-port", "0"])
 
     def check(self, runs: list[Analyzer]) -> None:
