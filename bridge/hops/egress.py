@@ -9,6 +9,9 @@ thread, fed through a bounded in-memory queue.
   with its payload).
 * Each session is one pcap stream: a global header, then whole records, in type-1 frames of at
   most ``frame_size`` payload bytes, each holding whole records (``bridge.egress_framing``).
+  d4-core accepts one type-1 session per uuid, so an identity carries one link type: records of
+  a second link type under the same identity go to the DLQ (``linktype_conflict``) instead of
+  stalling everything behind a session that would be refused forever.
 * At least once: a record's offset is committed only when every frame holding its packets was
   written to the socket, acknowledged by the server's TCP stack and held ``resend_grace`` seconds
   longer (``D4Sender.messages_released``). On a broken connection the sender reconnects with
@@ -382,6 +385,11 @@ class Egress:
             return
         nsec = rec["ts_precision"] == "nsec"
         session = self._session(identity, rec["linktype"], nsec)
+        if session is None:
+            self._dead(msg, token, "linktype_conflict",
+                       f"upstream uuid {identity.uuid_hex} already carries another link type; d4-core accepts one "
+                       f"type-1 session per uuid: give this sensor its own upstream uuid in the identity map")
+            return
         packets = convert_precision(rec["packets"], nsec, session.nsec)
         self._avg_record += (len(packets) - self._avg_record) / 16
         try:
@@ -394,10 +402,17 @@ class Egress:
             return
         session.put(Work(payloads, token, rec["packet_count"], len(packets), rec["last_ts_ns"]))
 
-    def _session(self, identity: Identity, linktype: int, nsec: bool) -> Session:
+    def _session(self, identity: Identity, linktype: int, nsec: bool) -> Session | None:
+        """The session for (identity, link type); None when the identity already has another link type.
+
+        d4-core (and the ingress hop) refuse a second type-1 session for the same uuid, so a second
+        link type under one identity would be refused forever and stall every partition behind it.
+        """
         key = (identity.uuid_hex, linktype)
         session = self.sessions.get(key)
         if session is None:
+            if any(uuid_hex == identity.uuid_hex for uuid_hex, _ in self.sessions):
+                return None
             # the first record fixes the session's timestamp unit; later ones are converted
             session = Session(identity, linktype, nsec, self.plan, self.done, self.stop_senders,
                               self.ecfg.drain_timeout, self.sent)

@@ -232,10 +232,10 @@ def packet(sensor: int, seq: int, size: int = 120) -> bytes:
 
 
 def batch_record(sensor: int, sensor_uuid: str, seqs: range, sanitized: bool = True, size: int = 120,
-                 ts_ns: int | None = None, nsec: bool = False) -> bytes:
+                 ts_ns: int | None = None, nsec: bool = False, linktype: int = 1) -> bytes:
     base = time.time_ns() if ts_ns is None else ts_ns
     pkts = b"".join(pack_record(base + i * 1000, packet(sensor, s, size), nsec=nsec) for i, s in enumerate(seqs))
-    b = PcapChunkBatch(PcapHeader(1, 65535, nsec), pkts, len(seqs), base, base + (len(seqs) - 1) * 1000)
+    b = PcapChunkBatch(PcapHeader(linktype, 65535, nsec), pkts, len(seqs), base, base + (len(seqs) - 1) * 1000)
     rec = records.pcap_batch(b, sensor_uuid=sensor_uuid, site="site-a", source="d4", session_id="s", seq=seqs.start)
     if sanitized:
         rec["sanitization"] = dict(SANITIZATION, sanitized_ns=time.time_ns(), packets_in=len(seqs))
@@ -374,7 +374,7 @@ def test_forwards_sanitized_records_over_tls_in_order(kafka_config, unique, tmp_
     assert check_order_and_duplicates(receiver, {0: 3000, 1: 3000}) == 0
 
 
-def test_unsanitized_record_goes_to_dlq_without_payload(kafka_config, unique, tmp_path):
+def test_refused_records_go_to_dlq_without_payload(kafka_config, unique, tmp_path):
     topic, group = unique("san"), unique("egress")
     kafka.create_topics(kafka_config, 1, topics=[topic])
     su = uuidlib.uuid4().hex
@@ -387,14 +387,17 @@ def test_unsanitized_record_goes_to_dlq_without_payload(kafka_config, unique, tm
         # after the start-up check (which would refuse a topic ending with such records)
         produce(kafka_config, topic, [(su, batch_record(7, su, range(0, 50), sanitized=False)),  # private
                                       (su, b"not a record"),
+                                      # the site uuid already carries Ethernet: d4-core would refuse it
+                                      (su, batch_record(8, su, range(0, 50), linktype=113)),
                                       (su, batch_record(0, su, range(50, 100)))])
-        assert wait_for(lambda: committed_total(kafka_config, group, topic, 1) == 4, 40), egress.output()
-        letters = dead_letters(kafka_config, dlq_start, topic)
+        assert wait_for(lambda: committed_total(kafka_config, group, topic, 1) == 5, 40), egress.output()
+        letters = dead_letters(kafka_config, dlq_start, topic, 3)
     finally:
         assert egress.stop() == 0, egress.output()
     assert check_order_and_duplicates(receiver, {0: 100}) == 0
-    assert 7 not in receiver.arrivals()
-    assert sorted((d["source_offset"], d["reason"]) for d in letters) == [(1, "unsanitized"), (2, "bad_framing")]
+    assert 7 not in receiver.arrivals() and 8 not in receiver.arrivals()
+    assert sorted((d["source_offset"], d["reason"]) for d in letters) == [
+        (1, "unsanitized"), (2, "bad_framing"), (3, "linktype_conflict")]
     assert all(d["payload"] is None and d["hop"] == "egress" for d in letters)
 
 
@@ -411,13 +414,13 @@ def unique_group() -> str:
     return f"g-{uuidlib.uuid4().hex[:12]}"
 
 
-def dead_letters(kafka_config, start: int, source_topic: str) -> list[dict]:
+def dead_letters(kafka_config, start: int, source_topic: str, want: int) -> list[dict]:
     c = Consumer(kafka.consumer_conf(kafka_config, "test", unique_group()))
     c.assign([TopicPartition(kafka.TOPIC_DLQ, 0, start)])
     out: list[dict] = []
     deadline = time.monotonic() + 20
     try:
-        while time.monotonic() < deadline and len(out) < 2:
+        while time.monotonic() < deadline and len(out) < want:
             msg = c.poll(0.5)
             if msg is not None and msg.error() is None:
                 d = records.decode(msg.value(), expect="DeadLetter")
@@ -564,3 +567,131 @@ def test_outage_of_30_seconds_loses_nothing(kafka_config, unique, tmp_path):
           f"{drained_in:.1f} s after the restart; {duplicates} duplicates "
           f"({duplicates / total:.2%}), {reconnects:.0f} failed/lost connections, {resent / 1e6:.2f} MB resent, "
           f"max queued {queued_max / 1e3:.0f} kB (limit {max_queued / 1e3:.0f} kB)")
+
+
+# --- the whole chain ------------------------------------------------------------------------------
+
+CHAIN_ENV = {**os.environ, "D4BRIDGE_KAFKA_SESSION_TIMEOUT_MS": "6000", "D4BRIDGE_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+             "D4BRIDGE_KAFKA_STATISTICS_INTERVAL_MS": "0", "D4BRIDGE_KAFKA_LINGER_MS": "5"}
+
+
+def hop(tmp: Path, name: str, *args: str) -> subprocess.Popen:
+    """Start ``d4-bridge <args>`` with its output in tmp/<name>.log."""
+    return subprocess.Popen([sys.executable, "-m", "bridge.cli", *args], cwd=ROOT, env=CHAIN_ENV,
+                            stdout=open(tmp / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
+
+
+def terminate(proc: subprocess.Popen) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+def read_records_by_sensor(kafka_config, topic: str, settle: float = 4.0, timeout: float = 120.0) -> dict[str, list[bytes]]:
+    """sensor uuid -> its packet records (16-byte header + data) in topic order, once the topic is quiet."""
+    conf = kafka.consumer_conf(kafka_config, "test", unique_group())
+    c = Consumer(conf)
+    c.subscribe([topic])
+    out: dict[str, list[bytes]] = {}
+    last = time.monotonic()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() - last < settle and time.monotonic() < deadline:
+            for msg in c.consume(100, 0.5):
+                if msg.error() is None:
+                    rec = records.decode(msg.value(), expect="PcapBatch")
+                    assert rec["sanitization"] is not None
+                    out.setdefault(rec["sensor_uuid"], []).extend(split_records(rec["packets"]))
+                    last = time.monotonic()
+    finally:
+        c.close()
+    return out
+
+
+def split_records(packets: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(packets):
+        caplen = RECORD_HEADER.unpack_from(packets, pos)[2]
+        out.append(packets[pos:pos + 16 + caplen])
+        pos += 16 + caplen
+    return out
+
+
+def test_full_chain_send_ingress_sanitize_egress_hub_export(kafka_config, unique, tmp_path):
+    """send -> private ingress -> sanitize -> egress -> hub ingress (second broker) -> export:
+    the exported packets are the sanitized ones, in order per sensor, each under its upstream uuid."""
+    from bridge.broker import EmbeddedBroker, wait_for_port
+    from bridge.pcap import read_pcap
+    from bridge.traffic import Scenario, generate, write_pcap
+
+    pcap_topic, san_topic = unique("pcap"), unique("san")
+    kafka.create_topics(kafka_config, 2, topics=[pcap_topic, san_topic])
+    sensors = {"a": uuidlib.uuid4(), "b": uuidlib.uuid4()}
+    upstream = {"a": uuidlib.uuid4(), "b": uuidlib.uuid4()}
+    files = {}
+    for i, (name, telescope) in enumerate((("a", "10.1.0.0/16"), ("b", "10.2.0.0/16"))):
+        traffic = generate(Scenario(telescope=(telescope,), seed=11 + i), time.time_ns(), 3.0, 1500.0)
+        files[name] = tmp_path / f"{name}.pcap"
+        write_pcap(files[name], traffic)
+    (tmp_path / "hub.keys").write_text("".join(f"{upstream[n]} = hub key {n}\n" for n in upstream))
+    (tmp_path / "ids.toml").write_text("".join(
+        f'[sensors."{sensors[n]}"]\nuuid = "{upstream[n]}"\nkey = "hub key {n}"\n' for n in sensors))
+    site_port, hub_port = free_port(), free_port()
+    procs: list[subprocess.Popen] = []
+    with EmbeddedBroker(log_file=tmp_path / "hub-broker.log") as hub:
+        hub_kafka = kafka_config.__class__(**{**kafka_config.__dict__, "bootstrap": hub.bootstrap})
+        kafka.create_topics(hub_kafka, 1, topics=[kafka.TOPIC_PCAP])
+        try:
+            procs.append(hop(tmp_path, "site-ingress", "ingress", "--bootstrap", kafka_config.bootstrap,
+                             "--listen", f"127.0.0.1:{site_port}", "--no-tls", "--hmac-key", "sensor key",
+                             "--topic", pcap_topic))
+            procs.append(hop(tmp_path, "sanitize", "sanitize", "--bootstrap", kafka_config.bootstrap,
+                             "--in", pcap_topic, "--out", san_topic, "--group", unique("sanitize"),
+                             "--pnat", "10.0.0.0/8:172.16.0.0/12"))
+            procs.append(hop(tmp_path, "hub-ingress", "ingress", "--bootstrap", hub.bootstrap,
+                             "--listen", f"127.0.0.1:{hub_port}", "--no-tls", "--keys", str(tmp_path / "hub.keys"),
+                             "--registration"))
+            procs.append(hop(tmp_path, "egress", "egress", "--bootstrap", kafka_config.bootstrap,
+                             "--server", f"127.0.0.1:{hub_port}", "--no-tls", "--topic", san_topic,
+                             "--group", unique("egress"), "--identity-map", str(tmp_path / "ids.toml")))
+            wait_for_port("127.0.0.1", site_port, 60)
+            wait_for_port("127.0.0.1", hub_port, 60)
+            senders = [hop(tmp_path, f"send-{n}", "send", "--server", f"127.0.0.1:{site_port}", "--no-tls",
+                           "--uuid", str(sensors[n]), "--hmac-key", "sensor key", str(files[n])) for n in sensors]
+            for s in senders:
+                assert s.wait(120) == 0, (tmp_path / "send-a.log").read_text()
+            sanitized = read_records_by_sensor(kafka_config, san_topic)
+            assert set(sanitized) == {sensors[n].hex for n in sensors}
+            total = sum(len(v) for v in sanitized.values())
+            assert total > 5000
+            out = tmp_path / "hub.pcap"
+            deadline = time.monotonic() + 120
+            exported: list[bytes] = []
+            while time.monotonic() < deadline:
+                done = subprocess.run([sys.executable, "-m", "bridge.cli", "export", "--bootstrap", hub.bootstrap,
+                                       "--topic", kafka.TOPIC_PCAP, "--pcap", str(out), "--from-beginning",
+                                       "--idle-exit", "3"], cwd=ROOT, env=CHAIN_ENV, capture_output=True,
+                                      timeout=120)
+                assert done.returncode == 0, done.stderr.decode()
+                exported = split_records(read_pcap(out)[1]) if out.stat().st_size else []
+                if len(exported) >= total:
+                    break
+                time.sleep(2)
+        finally:
+            statuses = [terminate(p) for p in procs]
+        logs = {p.name: p.read_text(errors="replace")[-2000:] for p in tmp_path.glob("*.log")}
+        assert statuses == [0, 0, 0, 0], (statuses, logs)
+    owner = {rec: name for name in sensors for rec in sanitized[sensors[name].hex]}
+    assert len(owner) == total  # every sanitized record is distinct, so it identifies its sensor
+    by_sensor: dict[str, list[bytes]] = {n: [] for n in sensors}
+    for rec in exported:
+        by_sensor[owner[rec]].append(rec)  # KeyError: a packet that was never in the sanitized topic
+    for name in sensors:
+        assert by_sensor[name] == sanitized[sensors[name].hex], f"sensor {name}: hub export differs"
+    print(f"\nfull chain: {total} sanitized packets from 2 sensors, {len(exported)} exported at the hub, "
+          f"equal and in order per sensor")
