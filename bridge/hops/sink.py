@@ -17,7 +17,8 @@ writes the same thing from a PcapBatch topic:
 - offsets are committed only up to the first record of the oldest unfinished
   file of each partition: after a crash the unfinished files are written again
   (at least once; a file finished and pushed just before a crash may be
-  repeated by the next one).
+  repeated by the next one), and the crashed run's ``.part`` files are removed
+  once they are twice the rotation period old.
 """
 
 from __future__ import annotations
@@ -162,12 +163,17 @@ class AnalyzerQueue:
         metrics.SINK_QUEUE_PUSHES.inc()
 
 
-def _remove_orphans(root: Path, older_than: float) -> None:
-    """Delete .part files left by a crashed sink (a live one finishes its files within rotate_seconds)."""
-    cutoff = time.time() - older_than
+def remove_orphans(root: Path, rotate_seconds: float, mine: set[Path]) -> None:
+    """Delete .part files left by a crashed sink: not ours and older than twice the rotation period
+    (a live sink finishes every file within rotate_seconds of the wall clock)."""
+    cutoff = time.time() - 2 * rotate_seconds - 10
     for part in root.glob("*/1/*/*/*/*.part"):
-        if part.stat().st_mtime < cutoff:
-            log.warning("sink: removing unfinished file of a previous run: %s", part)
+        try:
+            stale = part not in mine and part.stat().st_mtime < cutoff
+        except FileNotFoundError:  # finished meanwhile by its writer
+            continue
+        if stale:
+            log.warning("sink: removing an unfinished file of a crashed run: %s", part)
             part.unlink(missing_ok=True)
 
 
@@ -183,7 +189,6 @@ def run(cfg: Config) -> int:
     shutdown = start_hop(cfg, HOP)
     root = Path(scfg.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(root, 2 * scfg.rotate_seconds + 60)
     queue = AnalyzerQueue(redis.Redis.from_url(scfg.redis), scfg.queue_uuid) if scfg.redis else None
     rotator = FileRotator(root, scfg.rotate_seconds, queue.push if queue else lambda _path: None)
     next_offsets: dict[int, int] = {}
@@ -206,8 +211,12 @@ def run(cfg: Config) -> int:
             next_offsets.pop(tp.partition, None)
 
     consumer = kafka.make_consumer(cfg.kafka, HOP, scfg.group, [scfg.topic], on_revoke=on_revoke, on_lost=on_lost)
+    swept = 0.0
     try:
         while not shutdown.is_set():
+            if time.monotonic() - swept >= scfg.rotate_seconds:
+                remove_orphans(root, scfg.rotate_seconds, {f.part for f in rotator.files.values()})
+                swept = time.monotonic()
             wrote = False
             for msg in consumer.consume(500, 0.2):
                 if msg.error():

@@ -18,7 +18,7 @@ from bridge import kafka, records
 from bridge import traffic as T
 from bridge.config import KafkaConfig
 from bridge.hops.sink import AnalyzerQueue
-from bridge.pcap import GLOBAL_HEADER_LEN, parse_global_header
+from bridge.pcap import GLOBAL_HEADER_LEN, iter_packets, parse_global_header
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +105,55 @@ def test_queue_push_follows_d4_core_trimming(redis_url: str, unique) -> None:
     for i in range(5, 8):
         q.push(Path(f"/data/f{i}.cap.gz"))
     assert client.llen(f"analyzer:1:{queue}") == 6  # default 10000: nothing trimmed
+
+
+def _sink(kcfg: KafkaConfig, tmp: Path, out_dir: Path, redis_url: str, queue_uuid: str, topic: str, group: str,
+          rotate: float) -> subprocess.Popen:
+    conf = tmp / "sink.toml"
+    conf.write_text("[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 500\nstatistics_interval_ms = 0\n")
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "sink", "--config", str(conf), "--bootstrap", kcfg.bootstrap,
+         "--dir", str(out_dir), "--redis", redis_url, "--queue-uuid", queue_uuid, "--topic", topic,
+         "--group", group, "--rotate-seconds", str(rotate), "--metrics-port", "0"],
+        stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def test_a_crash_leaves_every_packet_in_a_finished_file(
+        tmp_path: Path, kafka_config: KafkaConfig, redis_url: str, unique) -> None:
+    topic, queue_uuid, group = unique("pcap"), unique("queue"), unique("sink")
+    kafka.create_topics(kafka_config, 2, topics=[topic])
+    traffic = {s: T.generate(T.Scenario(seed=10 + i), START, 40, 100) for i, s in enumerate(SENSORS)}
+    producer = kafka.make_producer(kafka_config, "test")
+    for sensor, g in traffic.items():
+        for value in _batches(g, sensor, per_batch=50):
+            producer.produce(topic, value, key=sensor.encode())
+    assert producer.flush(30) == 0
+    client = redis.Redis.from_url(redis_url)
+    key, out_dir = f"analyzer:1:{queue_uuid}", tmp_path / "data"
+    first = _sink(kafka_config, tmp_path, out_dir, redis_url, queue_uuid, topic, group, 4)
+    deadline = time.monotonic() + 60
+    while client.llen(key) < 3 and time.monotonic() < deadline:
+        assert first.poll() is None
+        time.sleep(0.1)
+    first.kill()  # SIGKILL with files half written
+    first.wait(10)
+    assert list(out_dir.rglob("*.part")), "the crash left unfinished files"
+    second = _sink(kafka_config, tmp_path, out_dir, redis_url, queue_uuid, topic, group, 4)
+    deadline = time.monotonic() + 90
+    while list(out_dir.rglob("*.part")) and time.monotonic() < deadline:  # the crashed run's files age out
+        assert second.poll() is None
+        time.sleep(0.5)
+    second.send_signal(signal.SIGTERM)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err[-3000:]
+    assert not list(out_dir.rglob("*.part")), "unfinished files of the crashed run removed"
+
+    queued = [Path(p.decode()) for p in client.lrange(key, 0, -1)]
+    assert sorted(queued) == sorted(p for p in out_dir.rglob("*") if p.is_file())
+    for sensor, g in traffic.items():
+        written = set()
+        for path in (p for p in queued if p.parent.parts[-5] == sensor):
+            data = gzip.open(path).read()
+            written |= {(ts, bytes(pkt)) for ts, _, _, pkt in iter_packets(data[GLOBAL_HEADER_LEN:])}
+        expected = {(ts, bytes(pkt)) for ts, _, _, pkt in iter_packets(g.packets)}
+        assert expected <= written, f"{len(expected - written)} packets of {sensor} in no finished file"
