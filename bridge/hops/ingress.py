@@ -195,6 +195,7 @@ class Session(asyncio.Protocol):
         self.admitting = False
         if self.server.paused:
             wrapped.pause_reading()
+        self.safe_drain()  # bytes that came with the end of the handshake are already buffered
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
