@@ -1,10 +1,10 @@
 """Sanitizer engine: rewrite a batch of canonical pcap records according to a Policy.
 
-Pipeline per batch (see walk.py for the compiled loops):
-  1. `walk.scan` locates every address, MAC and checksum of every packet (one pass);
+Pipeline per batch (walk.py and remap.py hold the compiled loops, kernels.py picks the build):
+  1. `scan` locates every address, MAC and checksum of every packet (one pass);
   2. the new values of all sites are computed at once, vectorized over the batch
      (tcprewrite-style CIDR maps with numpy masks, Crypto-PAn once per distinct address);
-  3. `walk.apply` writes them, patches checksums incrementally and drops/cuts packets.
+  3. `apply` writes them, patches checksums incrementally and drops/cuts packets.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bridge.sanitize import remap, walk
+from bridge.sanitize import kernels, layout
 from bridge.sanitize.policy import Cidr, Policy
 
 SUPPORTED_LINKTYPES = frozenset({0, 1, 12, 14, 101, 113})
@@ -60,8 +60,8 @@ def _be32(rows: np.ndarray) -> np.ndarray:
 
 
 def _in_scope6(hi: np.ndarray, lo: np.ndarray, cidr: Cidr) -> np.ndarray:
-    mhi, mlo = np.uint64(cidr.mask >> 64), np.uint64(cidr.mask & remap.M64)
-    return ((hi & mhi) == np.uint64(cidr.network >> 64)) & ((lo & mlo) == np.uint64(cidr.network & remap.M64))
+    mhi, mlo = np.uint64(cidr.mask >> 64), np.uint64(cidr.mask & layout.M64)
+    return ((hi & mhi) == np.uint64(cidr.network >> 64)) & ((lo & mlo) == np.uint64(cidr.network & layout.M64))
 
 
 class AddressMapper:
@@ -77,15 +77,15 @@ class AddressMapper:
             from bridge.sanitize.cryptopan import CryptoPAn  # imports `cryptography`: only when used
 
             self._cpan = CryptoPAn(policy.cryptopan_key)
-        self._rules4, self._rules6 = remap.rules4(policy), remap.rules6(policy)
+        self._rules4, self._rules6 = layout.rules4(policy), layout.rules6(policy)
         scope = policy.cryptopan_scope
         self._scope4 = None if scope is None else [c for c in scope if c.family == 4]
         self._scope6 = None if scope is None else [c for c in scope if c.family == 6]
 
     def map_v4(self, vals: np.ndarray, roles: np.ndarray) -> np.ndarray:
-        """New values for uint32 IPv4 addresses; roles are ROLE_* of remap."""
+        """New values for uint32 IPv4 addresses; roles are layout.ROLE_*."""
         if self._cpan is None:
-            return remap.map4(vals, roles, self._rules4)
+            return kernels.map4(vals, roles, self._rules4)
         out = vals.copy()
         hit = np.ones(len(out), dtype=bool)
         if self._scope4 is not None:
@@ -101,12 +101,12 @@ class AddressMapper:
         hi, lo = hi.copy(), lo.copy()
         if len(hi) == 0:
             return hi, lo
-        idx, slot, v4 = remap.embedded(hi, lo)
+        idx, slot, v4 = kernels.embedded(hi, lo)
         if len(idx):
-            remap.set_embedded(hi, lo, idx, slot,
-                               self.map_v4(v4, np.full(len(v4), remap.ROLE_OTHER, dtype=np.int64)))
+            kernels.set_embedded(hi, lo, idx, slot,
+                               self.map_v4(v4, np.full(len(v4), layout.ROLE_OTHER, dtype=np.int64)))
         if self._cpan is None:
-            remap.map6(hi, lo, roles, self._rules6)
+            kernels.map6(hi, lo, roles, self._rules6)
             return hi, lo
         hit = np.ones(len(hi), dtype=bool)
         if self._scope6 is not None:
@@ -162,7 +162,7 @@ class Sanitizer:
 
     @staticmethod
     def _count(buf: np.ndarray) -> int:
-        recs = walk.record_offsets(buf)
+        recs = kernels.record_offsets(buf)
         if len(recs) and recs[-1] < 0:
             raise PcapRecordError(f"a record runs past the end of {len(buf)} bytes")
         return len(recs)
@@ -190,9 +190,9 @@ class Sanitizer:
             v4 = np.empty((cap, 5), dtype=np.int64)
             v6 = np.empty((cap, 5), dtype=np.int64)
             mac = np.empty((cap, 2), dtype=np.int64)
-            cs = np.empty((cap, walk.CS_COLS), dtype=np.int64)
+            cs = np.empty((cap, layout.CS_COLS), dtype=np.int64)
             n = np.array([0, 0, 0, 0, 0, 0, -1, 0], dtype=np.int64)
-            walk.scan(buf, linktype, self.policy.mac_mode != "keep", self.policy.payload_keep,
+            kernels.scan(buf, linktype, self.policy.mac_mode != "keep", self.policy.payload_keep,
                       self.policy.on_unparseable == "cut", recs, verdict, reason, newcap, v4, v6, mac, cs, n)
             if n[6] >= 0:
                 raise PcapRecordError(f"record at byte {int(n[6])} runs past the end of {len(buf)} bytes")
@@ -210,12 +210,12 @@ class Sanitizer:
         hi, lo = self._addr.map_v6(v6[:, 3].astype(np.uint64), v6[:, 4].astype(np.uint64), v6[:, 2])
         new6 = np.stack((hi, lo), axis=1)
         newmac = self._mac.map_rows(buf[mac[:, 0, None] + np.arange(6)]) if nmac else np.zeros((0, 6), np.uint8)
-        size = walk.apply(buf, recs, newcap, v4, new4, v6, new6, mac, newmac, cs, nv4, nv6, nmac, ncs, int(n[7]) + 1)
+        size = kernels.apply(buf, recs, newcap, v4, new4, v6, new6, mac, newmac, cs, nv4, nv6, nmac, ncs, int(n[7]) + 1)
 
-        dropped = int((verdict == walk.V_DROP).sum())
-        ncut = int((verdict == walk.V_CUT).sum())
+        dropped = int((verdict == layout.V_DROP).sum())
+        ncut = int((verdict == layout.V_CUT).sum())
         reasons: dict[str, int] = {}
         if dropped or ncut:
-            codes, counts = np.unique(reason[verdict != walk.V_KEEP], return_counts=True)
-            reasons = {walk.REASONS[c]: int(k) for c, k in zip(codes, counts)}
+            codes, counts = np.unique(reason[verdict != layout.V_KEEP], return_counts=True)
+            reasons = {layout.REASONS[c]: int(k) for c, k in zip(codes, counts)}
         return SanitizeResult(memoryview(buf[:size]), count, count - dropped - ncut, ncut, dropped, reasons)

@@ -12,7 +12,7 @@ from typing import IO, Iterator
 import numpy as np
 
 from bridge.pcap import PcapHeader, global_header, parse_global_header, read_pcap
-from bridge.sanitize import walk
+from bridge.sanitize import kernels
 from bridge.sanitize.engine import Sanitizer
 from bridge.sanitize.policy import Policy
 
@@ -49,7 +49,7 @@ def read_records(path: str | Path) -> tuple[PcapHeader, np.ndarray, np.ndarray, 
         body = np.frombuffer(bytearray(canonical), dtype=np.uint8)
     else:
         body = data[24:]
-    offs = walk.record_offsets(body)
+    offs = kernels.record_offsets(body)
     trailing = 0
     if len(offs) and offs[-1] < 0:
         offs = offs[:-1]

@@ -1,10 +1,6 @@
 """Compiled address rewriting for the tcprewrite-style maps, and IPv4-in-IPv6 extraction.
 
-Rule tables (built once per policy by `rules4` / `rules6`):
-  IPv4: int64 rows [list, from_net, from_mask, to_net, to_mask]
-  IPv6: uint64 rows [list, from_hi, from_lo, fmask_hi, fmask_lo, to_hi, to_lo, tmask_hi, tmask_lo]
-where list is 0 = --srcipmap, 1 = --dstipmap, 2 = --pnat, in the order given. Semantics
-(tcprewrite): srcipmap applies to sources, dstipmap to destinations, an address without a
+Rule tables: see layout.py. Semantics (tcprewrite): srcipmap applies to sources, dstipmap to destinations, an address without a
 direction takes the first match of both; then --pnat applies to the result; first match wins in
 each list; a match keeps the host bits under TO's mask.
 """
@@ -14,32 +10,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from bridge.sanitize.policy import Policy
-from bridge.sanitize.walk import ROLE_DST, ROLE_OTHER, ROLE_SRC
-
-LIST_SRC, LIST_DST, LIST_PNAT = 0, 1, 2
-M64 = (1 << 64) - 1
-
-
-def _lists(policy: Policy):
-    for lid, pairs in ((LIST_SRC, policy.srcipmap), (LIST_DST, policy.dstipmap), (LIST_PNAT, policy.pnat)):
-        for pair in pairs:
-            yield lid, pair
-
-
-def rules4(policy: Policy) -> np.ndarray:
-    """The IPv4 rule table of a policy."""
-    rows = [[lid, p.src.network, p.src.mask, p.dst.network, p.dst.mask]
-            for lid, p in _lists(policy) if p.src.family == 4]
-    return np.array(rows, dtype=np.int64).reshape(-1, 5)
-
-
-def rules6(policy: Policy) -> np.ndarray:
-    """The IPv6 rule table of a policy."""
-    rows = [[lid, p.src.network >> 64, p.src.network & M64, p.src.mask >> 64, p.src.mask & M64,
-             p.dst.network >> 64, p.dst.network & M64, p.dst.mask >> 64, p.dst.mask & M64]
-            for lid, p in _lists(policy) if p.src.family == 6]
-    return np.array(rows, dtype=np.uint64).reshape(-1, 9)
+from bridge.sanitize.layout import (
+    LIST_DST, LIST_PNAT, LIST_SRC, ROLE_DST, ROLE_OTHER, ROLE_SRC, SLOT_6TO4, SLOT_LOW32, SLOT_TEREDO_CLIENT,
+    SLOT_TEREDO_SERVER,
+)
 
 
 @njit(cache=True, inline="always")
@@ -84,10 +58,6 @@ def map6(hi, lo, roles, rules):
                         break
         hi[i] = h
         lo[i] = l
-
-
-# IPv6 addresses that embed IPv4 (slot: where the IPv4 sits)
-SLOT_LOW32, SLOT_6TO4, SLOT_TEREDO_SERVER, SLOT_TEREDO_CLIENT = 0, 1, 2, 3
 
 
 @njit(cache=True)

@@ -24,40 +24,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# roles of an address site (which tcprewrite map applies)
-ROLE_SRC, ROLE_DST, ROLE_OTHER = 0, 1, 2
-
-# reason codes; index into REASONS
-REASONS = (
-    "ok",
-    "truncated_l2",
-    "unknown_ethertype",
-    "truncated_ip_header",
-    "bad_ip_header",
-    "bad_ip_options",
-    "ip_source_route",
-    "unknown_ip_proto",
-    "fragment",
-    "truncated_l4",
-    "unknown_icmp_type",
-    "unknown_icmp6_type",
-    "bad_nd_option",
-    "ipv6_routing_header",
-    "ipv6_home_address",
-    "truncated_ext_header",
-    "unsupported_gre",
-    "unsupported_arp",
-    "nesting_too_deep",
-    "teredo_auth",
-    "unsupported_l2_address",
-    "payload",
+from bridge.sanitize.layout import (  # noqa: F401 (re-exported for callers of the JIT module)
+    CS_COLS, R_ARP, R_BAD_IP, R_BAD_OPT, R_ETHERTYPE, R_FRAG, R_GRE, R_HOMEADDR, R_ICMP, R_ICMP6, R_L2ADDR, R_NEST,
+    R_ND_OPT, R_OK, R_PAYLOAD, R_PROTO, R_ROUTING, R_SRCROUTE, R_TEREDO, R_TRUNC_EXT, R_TRUNC_IP, R_TRUNC_L2,
+    R_TRUNC_L4, REASONS, ROLE_DST, ROLE_OTHER, ROLE_SRC, V_CUT, V_DROP, V_KEEP,
 )
-(R_OK, R_TRUNC_L2, R_ETHERTYPE, R_TRUNC_IP, R_BAD_IP, R_BAD_OPT, R_SRCROUTE, R_PROTO, R_FRAG, R_TRUNC_L4,
- R_ICMP, R_ICMP6, R_ND_OPT, R_ROUTING, R_HOMEADDR, R_TRUNC_EXT, R_GRE, R_ARP, R_NEST, R_TEREDO, R_L2ADDR,
- R_PAYLOAD) = range(len(REASONS))
-
-# packet verdicts in scan's output
-V_KEEP, V_CUT, V_DROP = 0, 1, 2
 
 # layers of the walk
 _L_ETH, _L_ETYPE, _L_IP4, _L_IP6, _L_ARP = 0, 1, 2, 3, 4
@@ -65,11 +36,6 @@ _L_ETH, _L_ETYPE, _L_IP4, _L_IP6, _L_ARP = 0, 1, 2, 3, 4
 MAX_IP_LAYERS = 8
 MAX_VLAN_TAGS = 8
 
-# column layout of the site tables
-# v4: off, pkt, role, inverted, value (big-endian uint32, un-inverted)
-# v6: off, pkt, role, high 64 bits, low 64 bits (bit patterns)   mac: off, pkt
-# cs: pkt, field, start, end, ps_src, ps_dst, ps_len, udp
-CS_COLS = 8
 
 
 @njit(cache=True, inline="always")

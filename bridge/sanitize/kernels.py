@@ -1,0 +1,50 @@
+"""The sanitizer's compiled loops: the ahead-of-time module when it is built and current
+(aot.py), numba's JIT otherwise. Both come from the same source (walk.py, remap.py).
+
+A stale build (sources changed since) is ignored: the build records a hash of the sources.
+D4BRIDGE_SANITIZE_JIT=1 in the environment forces the JIT (for comparisons and debugging).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ("walk.py", "remap.py", "layout.py")
+HASH_FILE = HERE / "_kernels.sha256"
+
+
+def source_hash() -> str:
+    """SHA-256 over the sources of the compiled loops."""
+    h = hashlib.sha256()
+    for name in SOURCES:
+        h.update((HERE / name).read_bytes())
+    return h.hexdigest()
+
+
+def _load_aot():
+    if os.environ.get("D4BRIDGE_SANITIZE_JIT") == "1":
+        return None
+    try:
+        if HASH_FILE.read_text().strip() != source_hash():
+            log.warning("sanitizer: ahead-of-time kernels are stale (run python -m bridge.sanitize.aot); using the JIT")
+            return None
+        return importlib.import_module("bridge.sanitize._kernels")
+    except (OSError, ImportError):
+        return None
+
+
+_aot = _load_aot()
+AOT = _aot is not None
+if _aot is not None:
+    scan, apply, record_offsets = _aot.scan, _aot.apply, _aot.record_offsets
+    map4, map6, embedded, set_embedded = _aot.map4, _aot.map6, _aot.embedded, _aot.set_embedded
+else:
+    from bridge.sanitize.remap import embedded, map4, map6, set_embedded  # noqa: F401
+    from bridge.sanitize.walk import apply, record_offsets, scan  # noqa: F401
