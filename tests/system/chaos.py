@@ -14,7 +14,7 @@ byte for byte as the engine makes it; the hub has every sanitized packet (copies
 no private address reaches the hub.
 
 Short form (``make test``): ``pytest tests/system/test_chaos.py``. Long form (1M packets,
-30 s hub outage): ``D4BRIDGE_CHAOS=long pytest tests/system/test_chaos.py -s`` or
+30 s hub outage): ``D4_CHAOS=long pytest tests/system/test_chaos.py -s`` or
 ``.venv/bin/python tests/system/chaos.py --long``.
 """
 
@@ -63,6 +63,7 @@ HOP_ENV = {
     "D4BRIDGE_QUEUE_LEASE_SECONDS": "4",
     "D4BRIDGE_EGRESS_BACKOFF_MAX": "2",
     "D4BRIDGE_SEND_RESEND_GRACE": "3",
+    "PYTHONFAULTHANDLER": "1",  # a hop killed with SIGABRT while stuck leaves its stacks in its log
 }
 
 
@@ -77,8 +78,8 @@ class ChaosConfig:
     hub_stop_s: float = 8.0
     rotate_s: float = 5.0  # d4-core file rotation period
     drain_timeout: float = 90.0  # no progress at the hub for this long ends the drain
-    # kill times and targets differ on every run; a failing run is replayed with D4BRIDGE_CHAOS_SEED
-    seed: int = field(default_factory=lambda: int(os.environ.get("D4BRIDGE_CHAOS_SEED") or random.randrange(10**6)))
+    # kill times and targets differ on every run; a failing run is replayed with D4_CHAOS_SEED
+    seed: int = field(default_factory=lambda: int(os.environ.get("D4_CHAOS_SEED") or random.randrange(10**6)))
     targets: tuple[str, ...] = KILLABLE  # hops the monkey may kill (empty: only the hub stop)
 
     @classmethod
@@ -372,6 +373,7 @@ def run_chaos(cfg: ChaosConfig, work: Path, say=print) -> ChaosReport:
     report = ChaosReport(seed=cfg.seed)
     chain = Chain(work)
     t0 = time.monotonic()
+    threads: list = []
     try:
         chain.start()
         report.seconds["start"] = round(time.monotonic() - t0, 1)
@@ -393,6 +395,7 @@ def run_chaos(cfg: ChaosConfig, work: Path, say=print) -> ChaosReport:
         watchdog = Watchdog(chain, report)
         monkey = Monkey(chain, cfg, time.monotonic() + cfg.live_s, report)
         t_start = monkey.t0
+        threads += [monkey, watchdog]
         watchdog.start()
         monkey.start()
         end_ns = start_ns + int(cfg.live_s * 1e9)
@@ -423,6 +426,9 @@ def run_chaos(cfg: ChaosConfig, work: Path, say=print) -> ChaosReport:
         verify(chain, captures, report, say, t_start)
         report.seconds["total"] = round(time.monotonic() - t0, 1)
     finally:
+        for t in threads:  # nothing may restart a hop once the chain is being stopped
+            t.stop_event.set()
+            t.join(30)
         chain.stop()
     return report
 

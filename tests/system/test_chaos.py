@@ -1,7 +1,7 @@
 """The chaos test: the whole chain under SIGKILLs and a hub outage, checked packet by packet.
 
 Short form by default (part of ``make test``, under 3 minutes, >= 20 kills); the long form
-(1M packets, 30 s hub outage) with ``D4BRIDGE_CHAOS=long``. See tests/system/chaos.py.
+(1M packets, 30 s hub outage) with ``D4_CHAOS=long``. See tests/system/chaos.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from chaos import ChaosConfig, run_chaos  # noqa: E402
 
 pytestmark = pytest.mark.system
 
-LONG = os.environ.get("D4BRIDGE_CHAOS", "").lower() == "long"
+LONG = os.environ.get("D4_CHAOS", "").lower() == "long"
 
 
 @pytest.mark.timeout(1800 if LONG else 300)
