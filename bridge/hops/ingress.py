@@ -44,6 +44,18 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 TLS_HANDSHAKE_TIMEOUT = 15.0
 
 
+def peer_address(host: str) -> str:
+    """The peer address as d4-core records it: no %zone, IPv4-mapped IPv6 as plain IPv4."""
+    host = host.split("%", 1)[0]
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
 class Rejection(Exception):
     """A rule violation: the connection is closed and counted under ``reason``."""
 
@@ -157,7 +169,7 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if peer else "?"
+        self.peer = peer_address(str(peer[0])) if peer else "?"
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -290,6 +302,10 @@ class Session(asyncio.Protocol):
         except Rejection as exc:
             self.admitting = False
             self.reject(exc.reason, exc.detail)
+            return
+        except Exception:  # a bug must cost this session only
+            log.exception("ingress: session %s (sensor %s): admission failed", self.session_id, self.uuid_hex)
+            self.reject("internal_error")
             return
         self.signer = FrameSigner(key)
         if self.d4_type == 1:
@@ -535,7 +551,8 @@ def build_keys(cfg: Config) -> KeySource:
     if ic.redis:
         import redis.asyncio as aioredis  # only when d4-core's Redis is used
 
-        client = aioredis.from_url(ic.redis)
+        # bounded waits: a stuck Redis refuses sensors (they retry) instead of hanging them
+        client = aioredis.from_url(ic.redis, socket_timeout=5, socket_connect_timeout=5)
     return KeySource(admission, client)
 
 

@@ -356,8 +356,9 @@ def test_redis_keys_and_blacklists(kafka_config, redis_url):
     url = redis_url.rsplit("/", 1)[0] + "/5"
     r = redis.Redis.from_url(url)
     r.flushdb()
-    own, by_default, banned, ip_banner = (uuidlib.uuid4() for _ in range(4))
+    own, other, by_default, banned, ip_banner = (uuidlib.uuid4() for _ in range(5))
     r.hset(f"metadata_uuid:{own.hex}", "hmac_key", b"own key")
+    r.hset(f"metadata_uuid:{other.hex}", "hmac_key", b"other key")
     r.set("server:hmac_default_key", b"redis default")
     r.sadd("blacklist_uuid", banned.hex)
     r.sadd("blacklist_ip_by_uuid", ip_banner.hex)
@@ -370,7 +371,7 @@ def test_redis_keys_and_blacklists(kafka_config, redis_url):
             s.close()
         wrong = connect(ing.port, tls=False)  # the default key is not valid for a sensor with its own
         before = rejections("bad_hmac")
-        wrong.sendall(frames(stream, own.bytes, b"redis default", iter(lambda: 1000, None)))
+        wrong.sendall(frames(stream, other.bytes, b"redis default", iter(lambda: 1000, None)))
         assert closed_by_server(wrong)
         for u, reason in ((banned, "blacklisted_uuid"), (ip_banner, "blacklisted_ip")):
             n = rejections(reason)

@@ -64,3 +64,12 @@ def test_type_changes():
     assert next_header_refusal(U.hex, 254, U.hex, 2, acc) == "type_changed"  # d4-core issue 42
     assert next_header_refusal(U.hex, 1, U.hex, 4, acc) == "type_changed"
     assert next_header_refusal(U.hex, 1, uuidlib.uuid4().hex, 1, acc) == "uuid_changed"
+
+
+def test_peer_address_as_d4_core_records_it():
+    from bridge.hops.ingress import peer_address
+
+    assert peer_address("::ffff:192.0.2.7") == "192.0.2.7"
+    assert peer_address("fe80::1%eth0") == "fe80::1"
+    assert peer_address("2001:db8::1") == "2001:db8::1"
+    assert peer_address("192.0.2.1") == "192.0.2.1"
