@@ -186,6 +186,8 @@ def run(cfg: Config) -> int:
     except OSError as exc:
         log.error("send: cannot read %s: %s", source, exc)
         status = 1
+    # like the C client at EOF: an empty frame, so d4-core also parses a last short TCP chunk
+    sender.send_empty_frame()
     acked = sender.close(cfg.send.ack_timeout)
     export()
     elapsed = time.monotonic() - started
