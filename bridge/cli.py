@@ -77,6 +77,13 @@ COMMANDS: dict[str, Command] = {
         F("--redis", key="ingress.redis", help="d4-core metadata Redis for per-sensor keys"),
         F("--registration", key="ingress.registration", help="accept only registered sensors", **SWITCH),
         F("--topic", key="ingress.topic", help="pcap topic (default d4.pcap)"),
+        F("--records-topic", key="ingress.records_topic", help="topic for non-pcap types (default d4.records)"),
+        F("--blacklist-uuid", key="ingress.blacklist_uuid", help="refused sensor uuids UUID[,UUID]"),
+        F("--blacklist-ip", key="ingress.blacklist_ip", help="refused peer prefixes CIDR[,CIDR]"),
+        F("--accepted-types", key="ingress.accepted_types", help="accepted D4 types (default 1,2,4,8,254)"),
+        F("--idle-timeout", key="ingress.idle_timeout", help="seconds without data before a session is closed",
+          type=float),
+        F("--max-sessions", key="ingress.max_sessions", help="open connections at most (default 512)", type=int),
     ]),
     "queue": Command("bridge.hops.queue:run", "d4-core analyzer queue -> topic", 4, [
         F("--redis", key="queue.redis", help="redis://HOST:PORT/DB (default redis://127.0.0.1:6380/2)"),
