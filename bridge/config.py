@@ -167,7 +167,7 @@ class IngressConfig:
     idle_timeout: float = opt(300.0, "seconds without data before a session is closed", positive)
     batch_bytes: int = opt(262144, "close a batch at this size", positive)
     batch_age: float = opt(0.1, "close a batch at this age (seconds)", positive)
-    max_sessions: int = opt(512, "open connections at most (bounds memory: ~1.3 MB each worst case)", positive)
+    max_sessions: int = opt(512, "open connections at most (bounds memory: ~1.8 MB each worst case)", positive)
     max_inflight_bytes: int = opt(32 * 1024 * 1024, "record bytes awaiting broker acks before reading pauses",
                                   positive)
 
