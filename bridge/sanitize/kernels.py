@@ -2,7 +2,8 @@
 (aot.py), numba's JIT otherwise. Both come from the same source (walk.py, remap.py).
 
 A stale build (sources changed since) is ignored: the build records a hash of the sources.
-D4BRIDGE_SANITIZE_JIT=1 in the environment forces the JIT (for comparisons and debugging).
+D4_SANITIZE_JIT=1 in the environment forces the JIT (for comparisons and debugging; outside the
+D4BRIDGE_* namespace, which is configuration).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def source_hash() -> str:
 
 
 def _load_aot():
-    if os.environ.get("D4BRIDGE_SANITIZE_JIT") == "1":
+    if os.environ.get("D4_SANITIZE_JIT") == "1":
         return None
     try:
         if HASH_FILE.read_text().strip() != source_hash():

@@ -36,6 +36,6 @@ def test_stale_or_forced_off_build_is_ignored(monkeypatch, tmp_path):
     assert kernels._load_aot() is None
     monkeypatch.setattr(kernels, "HASH_FILE", tmp_path / "missing")
     assert kernels._load_aot() is None
-    monkeypatch.setenv("D4BRIDGE_SANITIZE_JIT", "1")
+    monkeypatch.setenv("D4_SANITIZE_JIT", "1")
     assert kernels._load_aot() is None
     assert len(kernels.source_hash()) == 64
