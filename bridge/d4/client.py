@@ -294,6 +294,24 @@ class D4Sender:
             if time.monotonic() >= deadline or self.stop.wait(0.002):
                 return False
 
+    def send_empty_frame(self) -> None:
+        """Write one empty data frame on the open session (nothing when disconnected; not retained).
+
+        d4-core parses a received chunk shorter than a header only when more data arrives, and
+        drops it after 30 s without data: a sender going idle right after a frame whose last
+        TCP/TLS chunk was that short would lose the frame. An empty frame after the last data
+        pushes the tail through (d4-core stores empty frames as empty messages; ex_d4 sends one too).
+        """
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.check_alive()
+            conn.write(self._signer.encode(self.data_type, self.uuid, b"", int(time.time()), self.opts.version))
+            self.frames_sent += 1
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            self._lost(conn, exc)
+
     def close(self, timeout: float = 10.0) -> bool:
         """Wait up to ``timeout`` for acknowledgements, then close; True if all was acknowledged."""
         done = True

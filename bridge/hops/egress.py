@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 HOP = "egress"
 D4_TYPE_PCAP = 1
 IDLE_TICK = 0.05  # seconds a session thread waits for work before checking acknowledgements
+IDLE_FLUSH = 1.0  # seconds idle after data before an empty frame pushes d4-core's buffered tail through
 COMMIT_INTERVAL = 0.5  # seconds between offset commits
 CONSUME_BATCH = 200
 FETCH_WAIT_MS = 100
@@ -199,6 +200,7 @@ class Session:
         self._queued = 0
         self._draining = False
         self._awaiting: deque[tuple[int, Token]] = deque()  # (messages_sent after the record, token)
+        self._flush_at: float | None = None  # when to send the empty frame of an idle period
         self._exported = {"frames": 0, "bytes": 0, "resent": 0, "connect": 0}
         self._exported_losses: dict[str, int] = {}
         self.thread = threading.Thread(target=self._run, name=f"egress-{self.name}", daemon=True)
@@ -233,13 +235,18 @@ class Session:
                 work = self._next()
                 if work is not None:
                     self._send(work)
+                    self._flush_at = time.monotonic() + IDLE_FLUSH
                 elif self._draining:
                     break
                 else:
                     # idle: keeps acknowledgements, grace releases and dead-peer detection going
                     self.sender.wait_acked(0)
+                    if self._flush_at is not None and time.monotonic() >= self._flush_at:
+                        self._flush_at = None
+                        self.sender.send_empty_frame()
                 self._release()
                 self._export()
+            self.sender.send_empty_frame()
             if self.sender.wait_acked(self.drain_timeout) and not self.stop.wait(self.sender.opts.resend_grace):
                 self.sender.wait_acked(0)  # releases what is now past the grace period
             self._release()

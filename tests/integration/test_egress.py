@@ -371,6 +371,7 @@ def test_forwards_sanitized_records_over_tls_in_order(kafka_config, unique, tmp_
     assert s.uuid == SITE_UUID.bytes
     assert s.header is not None and s.header.linktype == 1 and not s.header.nsec
     assert max(s.frame_sizes) <= 20000 and s.unaligned_frames == 0  # whole records in every frame
+    assert s.frame_sizes[-1] == 0  # idle: an empty frame pushed the last one through d4-core's buffer
     assert check_order_and_duplicates(receiver, {0: 3000, 1: 3000}) == 0
 
 

@@ -71,3 +71,27 @@ def test_refused_sessions_back_off_exponentially():
     # nominal waits 0.05, 0.1, 0.2, 0.4 ... with equal jitter (half to full): strictly growing ranges
     assert gaps[3] > 0.1 and gaps[3] > gaps[0], gaps
     assert s.losses["refused"] >= 4
+
+
+def test_empty_frame_follows_data_on_the_open_session_only():
+    frames: list = []
+
+    def sink(conn: socket.socket) -> None:
+        dec = FrameDecoder()
+        with conn:
+            while data := conn.recv(65536):
+                dec.feed(data)
+                frames.extend(dec.frames())
+
+    s = D4Sender("127.0.0.1", serve(sink), UUID, KEY, 1)
+    s.send_empty_frame()  # not connected: nothing to push through, no connection made
+    assert s.sessions == 0
+    s.send(b"records")
+    s.send_empty_frame()
+    assert s.close(5.0)
+    deadline = time.monotonic() + 5
+    while len(frames) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [f.payload for f in frames] == [b"records", b""]
+    assert all(f.header.type == 1 and f.header.uuid == UUID for f in frames)
+    assert s.messages_sent == 1  # the empty frame is not a message: nothing to resend or release
