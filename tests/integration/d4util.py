@@ -68,6 +68,7 @@ class IngressThread:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(60)
+        self.server = None  # let its Kafka producer go
         if self.error:
             raise self.error
 
