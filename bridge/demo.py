@@ -11,7 +11,6 @@ only when nothing was lost and nothing leaked.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import shutil
@@ -42,7 +41,13 @@ RATE = 1500.0          # packets/s over the site's /16 telescope
 BACKLOG_S = 90.0       # rotated files already waiting in the d4-core queue at start
 ROTATE_S = 5.0         # d4-core rotates every 300 s; the demo every 5 s so it shows in seconds
 START_TIMEOUT = 60.0
-DRAIN_TIMEOUT = 30.0   # give up waiting for the chain to deliver after this long without progress
+DRAIN_TIMEOUT = 30.0
+LEAKCHECK_TIMEOUT = 300.0   # give up waiting for the chain to deliver after this long without progress
+SITE_TUNING = """
+[sanitize]
+# at a few thousand packets/s a transaction fills slowly: close it sooner (latency over overhead)
+transaction_seconds = 0.1
+"""
 KAFKA_TUNING = """
 [kafka]
 # short group timeouts: a consumer group forms in about a second on the embedded broker
@@ -145,7 +150,8 @@ def _start_infrastructure(d: Demo) -> None:
             raise DemoError(f"nothing answers on {HOST}:{port}") from None
     d.site_kafka = KafkaConfig(bootstrap=f"{HOST}:{site_port}")
     d.hub_kafka = KafkaConfig(bootstrap=f"{HOST}:{hub_port}")
-    (d.work / "site.toml").write_text(f'site = "demo-site"\n{KAFKA_TUNING}bootstrap = "{d.site_kafka.bootstrap}"\n')
+    (d.work / "site.toml").write_text(
+        f'site = "demo-site"\n{SITE_TUNING}{KAFKA_TUNING}bootstrap = "{d.site_kafka.bootstrap}"\n')
     (d.work / "hub.toml").write_text(f'site = "hub"\n{KAFKA_TUNING}bootstrap = "{d.hub_kafka.bootstrap}"\n')
     one_shots = [
         d.cli("site-topics", "topics", "--config", "site.toml", "--partitions", "3", metrics=False, one_shot=True),
@@ -182,7 +188,7 @@ def _start_hops(d: Demo) -> None:
     d.cli("hub-ingress", "ingress", "--config", "hub.toml", "--listen", hub_listen, "--cert", str(hub_pem),
           "--keys", "hub-keys", "--registration")
     d.cli("analyze", "analyze", "--config", "hub.toml", "--telescope", ds.PUBLIC_TELESCOPE,
-          stdout=open(w / "events.jsonl", "wb"))
+          stdout=w / "events.jsonl")
     d.cli("site-ingress", "ingress", "--config", "site.toml", "--listen", site_listen, "--cert", str(site_pem),
           "--keys", "site-keys", "--registration")
     d.cli("queue", "queue", "--config", "site.toml", "--redis", _redis_url(d, 2), "--queue-uuid", d.queue_uuid,
@@ -391,11 +397,9 @@ def _merged(samples: list[dict], name: str, label: str) -> dict[str, int]:
 
 def _leakcheck(d: Demo, captured_pcap: Path, hub_pcap: Path) -> tuple[int, str]:
     """Run ``d4-bridge leakcheck`` on everything captured and everything the hub received."""
-    out = open(d.work / "leakcheck.out", "wb")
     part = d.cli("leakcheck", "leakcheck", str(captured_pcap), str(hub_pcap), "--private", ",".join(ds.PRIVATE),
-                 metrics=False, one_shot=True, stdout=out)
-    rc = d.sup.wait(part, 120.0)
-    out.close()
+                 metrics=False, one_shot=True, stdout=d.work / "leakcheck.out")
+    rc = d.sup.wait(part, LEAKCHECK_TIMEOUT)
     return rc, (d.work / "leakcheck.out").read_text(errors="replace") + part.log_tail(5)
 
 

@@ -8,8 +8,6 @@ a part that dies early is reported with the end of its log.
 
 from __future__ import annotations
 
-import bisect
-import math
 import os
 import signal
 import subprocess
@@ -19,7 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -55,18 +53,15 @@ class Supervisor:
     parts: list[Part] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], *, metrics_port: int = 0, stdin: int | None = None,
-              stdout: IO[bytes] | None = None, one_shot: bool = False, env: dict[str, str] | None = None) -> Part:
-        """Start ``argv`` in a new process group; stderr (and stdout unless given) go to ``<name>.log``."""
+              stdout: Path | None = None, one_shot: bool = False, env: dict[str, str] | None = None) -> Part:
+        """Start ``argv`` in a new process group; stderr (and stdout unless a file is given) go to ``<name>.log``."""
         log_path = self.workdir / f"{name}.log"
-        log = open(log_path, "ab")
-        try:
+        with open(log_path, "ab") as log, open(stdout or os.devnull, "wb") as out:  # the child keeps its own fds
             proc = subprocess.Popen(
                 argv, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                stdout=stdout if stdout is not None else log, stderr=log, start_new_session=True,
+                stdout=out if stdout is not None else log, stderr=log, start_new_session=True,
                 env={**os.environ, **(env or {})}, cwd=self.workdir,
             )
-        finally:
-            log.close()  # the child holds its own descriptor
         part = Part(name, argv, proc, log_path, metrics_port, one_shot)
         self.parts.append(part)
         return part
@@ -175,28 +170,3 @@ def wait_for_metrics(endpoints: dict[str, int], supervisor: Supervisor, timeout:
             raise DemoError("no /metrics after %.0f s from: %s" % (timeout, ", ".join(pending)))
         if pending:
             time.sleep(0.2)
-
-
-def histogram(samples: Samples, name: str) -> list[tuple[float, float]]:
-    """Cumulative (upper bound, count) buckets of histogram ``name`` (summed over label sets)."""
-    out: dict[float, float] = {}
-    for labels, v in samples.get(name + "_bucket", []):
-        le = float(labels["le"])
-        out[le] = out.get(le, 0.0) + v
-    return sorted(out.items())
-
-
-def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
-    """Prometheus ``histogram_quantile`` over cumulative (upper bound, count) buckets."""
-    buckets = sorted(buckets)
-    if not buckets or buckets[-1][1] <= 0:
-        return math.nan
-    total = buckets[-1][1]
-    rank = q * total
-    counts = [c for _, c in buckets]
-    i = bisect.bisect_left(counts, rank)
-    upper, count = buckets[i]
-    lower, below = (0.0, 0.0) if i == 0 else buckets[i - 1]
-    if math.isinf(upper):
-        return lower
-    return lower + (upper - lower) * ((rank - below) / (count - below) if count > below else 1.0)

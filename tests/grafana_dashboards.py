@@ -68,18 +68,25 @@ def all_dashboard_metric_names() -> dict[str, set[str]]:
     }
 
 
-def exported_metric_names() -> set[str]:
-    """Sample names bridge/metrics.py defines (counters ``_total``, histograms ``_bucket/_sum/_count``)."""
-    from prometheus_client import REGISTRY
-
-    import bridge.metrics  # noqa: F401  (registers every metric)
-
+def sample_names(families: Iterable[Any]) -> set[str]:
+    """Sample names a set of metric families can produce (counters ``_total``, histograms
+    ``_bucket/_sum/_count``), whether or not a labelled child has been created yet."""
     names = set()
-    for family in REGISTRY.collect():
+    for family in families:
         if family.type == "counter":
             names.add(family.name + "_total")
         elif family.type == "histogram":
             names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
         else:
             names.add(family.name)
+        names.update(s.name for s in family.samples)
     return names
+
+
+def exported_metric_names() -> set[str]:
+    """Sample names bridge/metrics.py defines."""
+    from prometheus_client import REGISTRY
+
+    import bridge.metrics  # noqa: F401  (registers every metric)
+
+    return {n for n in sample_names(REGISTRY.collect()) if n.startswith("d4bridge_")}
