@@ -186,25 +186,27 @@ def test_sigkill_mid_stream_exactly_once(kafka_config, unique, tmp_path):
         for seq in range(total):
             rec = batch_record(seq, session)
             p.produce(tin, records.encode("PcapBatch", rec), key=rec["sensor_uuid"])
-            if seq % 20 == 19:
+            if seq % 10 == 9:
                 p.flush(10)
-                time.sleep(0.1)
+                time.sleep(0.25)  # ~10 s of input: the kill lands mid-stream
         p.flush(10)
 
     first = _start_worker(config_file, log)
     feeder = threading.Thread(target=produce_slowly)
     feeder.start()
     try:
-        # kill once the worker is well into the stream
+        # kill once the worker is well into the stream (by its committed input offsets)
+        c = Consumer(kafka.consumer_conf(kafka_config, "test", group))
+        parts = [TopicPartition(tin, p) for p in range(2)]
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and len(read_all(kafka_config, tout, 0, timeout=1.0, isolation="read_uncommitted")) < 120:
-            time.sleep(0.2)
+        while time.monotonic() < deadline and sum(max(tp.offset, 0) for tp in c.committed(parts, timeout=10)) < 100:
+            time.sleep(0.05)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         killed_ns = time.time_ns()
-        c = Consumer(kafka.consumer_conf(kafka_config, "test", group))
-        committed_at_kill = {tp.partition: tp.offset for tp in c.committed([TopicPartition(tin, p) for p in range(2)], timeout=10)}
+        committed_at_kill = {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
         c.close()
+        assert 100 <= sum(max(o, 0) for o in committed_at_kill.values()) < total - 100  # really mid-stream
         second = _start_worker(config_file, log)
         feeder.join(120)
         out = read_all(kafka_config, tout, total, timeout=120)
