@@ -91,3 +91,11 @@ def test_ctrl_c_stops_every_part() -> None:
             proc.kill()
     assert proc.returncode == 130, rest[-2000:]
     assert processes_in(workdir) == []
+
+
+def test_missing_redis_server_is_a_clear_error() -> None:
+    result = subprocess.run([*DEMO, "--seconds", "1"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PATH": "/nonexistent"})
+    assert result.returncode == 1
+    assert "redis-server is not on PATH" in result.stderr
+    assert processes_in(workdir_of(result.stderr)) == []
