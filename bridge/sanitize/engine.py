@@ -3,7 +3,7 @@
 Pipeline per batch (walk.py and remap.py hold the compiled loops, kernels.py picks the build):
   1. `scan` locates every address, MAC and checksum of every packet (one pass);
   2. the new values of all sites are computed at once, vectorized over the batch
-     (tcprewrite-style CIDR maps with numpy masks, Crypto-PAn once per distinct address);
+     (tcprewrite-style CIDR maps compiled, Crypto-PAn once per distinct address with batched AES);
   3. `apply` writes them, patches checksums incrementally and drops/cuts packets.
 """
 
@@ -159,6 +159,17 @@ class Sanitizer:
         self.policy = policy
         self._addr = AddressMapper(policy)
         self._mac = MacMapper(policy.mac_mode, policy.mac_key)
+        # work tables reused across batches: fresh ones would cost page faults every batch
+        # (hence one Sanitizer per thread)
+        self._scratch: dict[str, np.ndarray] = {}
+
+    def _table(self, name: str, rows: int, cols: int, dtype: type) -> np.ndarray:
+        """A C-contiguous (rows, cols) work table (1-D when cols is 0), reused when big enough."""
+        have = self._scratch.get(name)
+        if have is None or len(have) < rows:
+            have = np.empty((rows + rows // 2, cols) if cols else rows + rows // 2, dtype=dtype)
+            self._scratch[name] = have
+        return have[:rows]
 
     @staticmethod
     def _count(buf: np.ndarray) -> int:
@@ -181,19 +192,19 @@ class Sanitizer:
             count = self._count(buf)
             return SanitizeResult(b"", count, 0, 0, count, {"unsupported_linktype": count} if count else {})
         slots = len(buf) // 16 + 1
-        recs = np.empty(slots, dtype=np.int64)
-        verdict = np.empty(slots, dtype=np.int8)
-        reason = np.empty(slots, dtype=np.int64)
-        newcap = np.empty(slots, dtype=np.int64)
+        recs = self._table("recs", slots, 0, np.int64)
+        verdict = self._table("verdict", slots, 0, np.int8)
+        reason = self._table("reason", slots, 0, np.int64)
+        newcap = self._table("newcap", slots, 0, np.int64)
         cap = len(buf) // 8 + 64  # sites per byte of input; more is possible (retried below)
         while True:
-            v4 = np.empty((cap, 5), dtype=np.int64)
-            v6 = np.empty((cap, 5), dtype=np.int64)
-            mac = np.empty((cap, 2), dtype=np.int64)
-            cs = np.empty((cap, layout.CS_COLS), dtype=np.int64)
+            v4 = self._table("v4", cap, 5, np.int64)
+            v6 = self._table("v6", cap, 5, np.int64)
+            mac = self._table("mac", cap, 2, np.int64)
+            cs = self._table("cs", cap, layout.CS_COLS, np.int64)
             n = np.array([0, 0, 0, 0, 0, 0, -1, 0], dtype=np.int64)
             kernels.scan(buf, linktype, self.policy.mac_mode != "keep", self.policy.payload_keep,
-                      self.policy.on_unparseable == "cut", recs, verdict, reason, newcap, v4, v6, mac, cs, n)
+                         self.policy.on_unparseable == "cut", recs, verdict, reason, newcap, v4, v6, mac, cs, n)
             if n[6] >= 0:
                 raise PcapRecordError(f"record at byte {int(n[6])} runs past the end of {len(buf)} bytes")
             if not n[4]:
