@@ -168,6 +168,8 @@ class IngressConfig:
     batch_bytes: int = opt(262144, "close a batch at this size", positive)
     batch_age: float = opt(0.1, "close a batch at this age (seconds)", positive)
     max_sessions: int = opt(512, "open connections at most (bounds memory: ~1.8 MB each worst case)", positive)
+    header_timeout: float = opt(30.0, "seconds a connection may take to send its first header (d4-core: 30)",
+                                positive)
     max_inflight_bytes: int = opt(32 * 1024 * 1024, "record bytes awaiting broker acks before reading pauses",
                                   positive)
 

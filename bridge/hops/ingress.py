@@ -156,7 +156,7 @@ class Session(asyncio.Protocol):
         self.admitting = False
         self.closed = False
         self.registered: tuple[str, int] | None = None
-        self.last_data = time.monotonic()
+        self.last_data = self.opened_at = time.monotonic()
         self.seq = 0
         self.assembler: PcapAssembler | None = None
         self.lines: LineCutter | None = None
@@ -489,9 +489,13 @@ class IngressServer:
     def _idle_check(self, now: float) -> None:
         if self.paused:
             return
+        header_timeout = self.cfg.header_timeout
         for s in list(self.sessions):
             if now - s.last_data > self.cfg.idle_timeout:
                 s.reject("idle_timeout", f"no data for {self.cfg.idle_timeout:.0f} s")
+            elif s.uuid_hex is None and now - s.opened_at > header_timeout:
+                # d4-core's rule: a connection holds a session slot only once it has said who it is
+                s.reject("no_header", f"no D4 header within {header_timeout:.0f} s")
 
     # --- session bookkeeping
 

@@ -519,3 +519,24 @@ def test_plain_d4_on_the_tls_port_is_a_counted_rejection(kafka_config, tmp_path)
         assert not ing.server.sessions  # nothing left behind by the failed handshake
         assert metrics.INGRESS_SESSIONS_ACTIVE._value.get() == active
     assert read_topic(kafka_config, cfg.ingress.topic, "PcapBatch", idle=0.5) == []
+
+
+def test_no_header_in_time_frees_the_slot(kafka_config):
+    """A connection that trickles bytes but never completes a header is closed (d4-core's 30 s
+    rule, here shortened), even though it is not idle."""
+    cfg = ingress_config(kafka_config, _Names(), no_tls=True, hmac_key=KEY, header_timeout=1.0)
+    with IngressThread(cfg) as ing:
+        _trickle_header(ing.port)
+
+
+def _trickle_header(port):
+    before = rejections("no_header")
+    sock = connect(port, tls=False)
+    for i in range(30):  # one byte every 0.1 s: never idle, never a whole header
+        try:
+            sock.sendall(b"\x01")
+        except OSError:
+            break
+        time.sleep(0.1)
+    assert closed_by_server(sock)
+    assert rejections("no_header") == before + 1
