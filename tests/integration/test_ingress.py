@@ -526,17 +526,13 @@ def test_no_header_in_time_frees_the_slot(kafka_config):
     rule, here shortened), even though it is not idle."""
     cfg = ingress_config(kafka_config, _Names(), no_tls=True, hmac_key=KEY, header_timeout=1.0)
     with IngressThread(cfg) as ing:
-        _trickle_header(ing.port)
-
-
-def _trickle_header(port):
-    before = rejections("no_header")
-    sock = connect(port, tls=False)
-    for i in range(30):  # one byte every 0.1 s: never idle, never a whole header
-        try:
-            sock.sendall(b"\x01")
-        except OSError:
-            break
-        time.sleep(0.1)
-    assert closed_by_server(sock)
-    assert rejections("no_header") == before + 1
+        before = rejections("no_header")
+        sock = connect(ing.port, tls=False)
+        for _ in range(30):  # one byte every 0.1 s: never idle, never a whole header
+            try:
+                sock.sendall(b"\x01")
+            except OSError:
+                break
+            time.sleep(0.1)
+        assert closed_by_server(sock)
+        assert rejections("no_header") == before + 1
