@@ -150,11 +150,6 @@ class FrameDecoder:
         """Bytes received but not yet returned as part of a frame (a partial frame)."""
         return len(self._buf) - self._pos
 
-    @property
-    def pending_header(self) -> Header | None:
-        """Header of the partially received frame, once its 62 bytes are in."""
-        return self._header
-
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes."""
         if self._pos:
