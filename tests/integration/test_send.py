@@ -136,3 +136,25 @@ def test_server_killed_mid_stream_nothing_lost(kafka_config, unique, tmp_path):
     assert max(resent) > 0, stderr  # the data in flight at the kill was sent again
     # timestamps of the records are intact (records decode as packets)
     assert sum(1 for _ in iter_packets(recs)) == len(want)
+
+
+def test_send_meta_header_then_extended_type_lines(kafka_config, unique, tmp_path):
+    """A d4-goclient-style conf dir of type 2: the meta header goes first as type 2, the lines
+    from stdin follow as type 254 and arrive line-aligned with their meta type."""
+    cfg = ingress_config(kafka_config, unique, no_tls=True, hmac_key=KEY.encode())
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    lines = b"".join(b'{"ja3": "%032x"}\n' % i for i in range(500))
+    with IngressThread(cfg) as ing:
+        for name, value in (("key", KEY), ("type", "2"), ("snaplen", "1000"),
+                            ("destination", f"127.0.0.1:{ing.port}"), ("metaheader.json", '{"type": "ja3-jl"}')):
+            (conf / name).write_text(value + "\n")
+        done = subprocess.run(CLI + ["send", "-c", str(conf), "--no-tls"], input=lines, env=ENV,
+                              capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr.decode()
+        out = read_topic(kafka_config, cfg.ingress.records_topic, "D4Record",
+                         until=lambda rs: b"".join(r["data"] for r in rs if r["d4_type"] == 254) == lines)
+    assert out[0]["d4_type"] == 2 and out[0]["data"].strip() == b'{"type": "ja3-jl"}'
+    data = [r for r in out if r["d4_type"] == 254]
+    assert b"".join(r["data"] for r in data) == lines
+    assert all(r["meta_type"] == "ja3-jl" and r["data"].endswith(b"\n") for r in data)
