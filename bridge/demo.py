@@ -33,8 +33,8 @@ from bridge.broker import BrokerError, broker_command, free_port, wait_for_port
 from bridge.config import Config, KafkaConfig
 from bridge.d4.tls import self_signed_pem
 from bridge.demo_procs import DemoError, Part, Supervisor, by_label, scrape_or_empty, value, wait_for_metrics
+from bridge.demo_report import compare_content, match_attacks, percentiles, pnat_v4, read_events, read_hub, render_text
 from bridge.pcap import write_pcap
-from bridge.demo_report import match_attacks, percentiles, pnat_v4, read_events, read_hub, render_text
 
 HOST = "127.0.0.1"
 RATE = 1500.0          # packets/s over the site's /16 telescope
@@ -42,7 +42,7 @@ BACKLOG_S = 90.0       # rotated files already waiting in the d4-core queue at s
 ROTATE_S = 5.0         # d4-core rotates every 300 s; the demo every 5 s so it shows in seconds
 START_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 30.0
-LEAKCHECK_TIMEOUT = 300.0   # give up waiting for the chain to deliver after this long without progress
+CHECK_TIMEOUT = 120.0  # leakcheck and sanitize-file of the whole run   # give up waiting for the chain to deliver after this long without progress
 SITE_TUNING = """
 [sanitize]
 # at a few thousand packets/s a transaction fills slowly: close it sooner (latency over overhead)
@@ -348,6 +348,8 @@ def run(cfg: Config) -> int:
         return 130
     except DemoError as exc:
         _say(f"d4-bridge demo: {exc}")
+        if cfg.demo.json:  # scripts get one JSON object whatever happens
+            print(json.dumps({"ok": False, "problems": [str(exc).splitlines()[0]]}), flush=True)
         return 1
     finally:
         # Parts stop on SIGTERM; a second Ctrl+C during cleanup must not leave any behind.
@@ -395,12 +397,28 @@ def _merged(samples: list[dict], name: str, label: str) -> dict[str, int]:
     return {k: v for k, v in out.items() if v}
 
 
-def _leakcheck(d: Demo, captured_pcap: Path, hub_pcap: Path) -> tuple[int, str]:
-    """Run ``d4-bridge leakcheck`` on everything captured and everything the hub received."""
-    part = d.cli("leakcheck", "leakcheck", str(captured_pcap), str(hub_pcap), "--private", ",".join(ds.PRIVATE),
+def _offline_checks(d: Demo, captured_pcap: Path, hub_pcap: Path) -> tuple[int, str, tuple[int, int] | None]:
+    """Run, side by side, ``d4-bridge leakcheck`` on everything captured against everything the hub
+    received, and ``d4-bridge sanitize-file`` with the site's policy on everything captured; return
+    leakcheck's exit status and report, and how the hub's records differ from the offline output."""
+    expected_pcap = d.work / "expected.pcap"
+    leak = d.cli("leakcheck", "leakcheck", str(captured_pcap), str(hub_pcap), "--private", ",".join(ds.PRIVATE),
                  metrics=False, one_shot=True, stdout=d.work / "leakcheck.out")
-    rc = d.sup.wait(part, LEAKCHECK_TIMEOUT)
-    return rc, (d.work / "leakcheck.out").read_text(errors="replace") + part.log_tail(5)
+    offline = d.cli("sanitize-file", "sanitize-file", str(captured_pcap), str(expected_pcap), "--pnat", ds.PNAT,
+                    metrics=False, one_shot=True)
+    content = compare_content(expected_pcap, hub_pcap) if _finish(d, offline) == 0 else None
+    rc = _finish(d, leak)
+    return rc, (d.work / "leakcheck.out").read_text(errors="replace") + leak.log_tail(5), content
+
+
+def _finish(d: Demo, part: Part) -> int | None:
+    """Exit status of a one-shot check, or None (and the part stopped) when it overran CHECK_TIMEOUT."""
+    try:
+        return d.sup.wait(part, CHECK_TIMEOUT)
+    except DemoError as exc:
+        _say(str(exc).splitlines()[0])
+        d.sup.stop(part)
+        return None
 
 
 def _leak_count(report: str) -> int | None:
@@ -422,7 +440,7 @@ def _summarize(d: Demo, everything: bytes, captured: dict[str, int], truth: list
     hub_pcap, captured_pcap = d.work / "hub.pcap", d.work / "captured.pcap"
     hub = read_hub(d.hub_kafka, "d4.pcap", hub_pcap, prefixes, ds.IPV6_SOURCE, d.live_start_ns)
     write_pcap(captured_pcap, ds.HEADER, everything)
-    leak_rc, leak_report = _leakcheck(d, captured_pcap, hub_pcap)
+    leak_rc, leak_report, content = _offline_checks(d, captured_pcap, hub_pcap)
 
     total = sum(captured.values())
     lost = max(0, total - sum(dropped.values()) - hub.unique)
@@ -433,8 +451,15 @@ def _summarize(d: Demo, everything: bytes, captured: dict[str, int], truth: list
     problems = []
     if lost:
         problems.append(f"{lost} packets lost")
-    if leak_rc != 0:
+    if leak_rc is None:
+        problems.append(f"leakcheck did not finish within {CHECK_TIMEOUT:.0f} s: the hub's packets are unchecked")
+    elif leak_rc != 0:
         problems.append(f"leakcheck found private addresses at the hub (exit {leak_rc})")
+    if content is None:
+        problems.append("the offline sanitizer failed: the hub's packets could not be compared")
+    elif any(content):
+        problems.append(f"hub content differs from the offline sanitizer: {content[0]} packets missing, "
+                        f"{content[1]} unexpected")
     problems += [f"{n} exited with status {rc}" for n, rc in send_exits.items() if rc != 0]
     transports = {n: "D4 over TLS (d4-bridge send)" for n in ds.LIVE_SENSORS}
     transports[ds.QUEUE_SOURCE] = "d4-core analyzer queue (.cap.gz)"
@@ -451,6 +476,8 @@ def _summarize(d: Demo, everything: bytes, captured: dict[str, int], truth: list
         "duplicates": hub.duplicates,
         "lost": lost,
         "dead_letters": dead_letters,
+        "content": {"compared_with": "d4-bridge sanitize-file of every captured packet",
+                    "missing": content[0] if content else None, "unexpected": content[1] if content else None},
         "sanitizer": {
             "workers": len(sanitizers), "pnat": ds.PNAT,
             "input": int(sum(value(s, "d4bridge_sanitize_input_packets_total") for s in sanitizers)),

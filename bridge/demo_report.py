@@ -15,6 +15,7 @@ import json
 import math
 import time
 import uuid as uuidlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,7 +25,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from bridge import kafka, records
 from bridge.config import KafkaConfig
-from bridge.pcap import RECORD_HEADER, global_header, ts_ns
+from bridge.pcap import RECORD_HEADER, global_header, read_pcap, ts_ns
 
 _ETH_IPV4, _ETH_ARP, _ETH_IPV6 = 0x0800, 0x0806, 0x86DD
 
@@ -109,7 +110,7 @@ def _account(out: HubCapture, seen: set[bytes], packets: bytes, nsec: bool, crea
     while pos < len(view):
         sec, frac, caplen, _ = RECORD_HEADER.unpack_from(view, pos)
         end = pos + 16 + caplen
-        digest = hashlib.blake2b(view[pos:end], digest_size=16).digest()
+        digest = _digest(view[pos:end])
         if digest in seen:
             out.duplicates += 1
         else:
@@ -124,6 +125,29 @@ def _account(out: HubCapture, seen: set[bytes], packets: bytes, nsec: bool, crea
             else:
                 out.unattributed += 1
         pos = end
+
+
+def _digest(record: memoryview | bytes) -> bytes:
+    return hashlib.blake2b(record, digest_size=16).digest()
+
+
+def record_digests(packets: bytes) -> Counter[bytes]:
+    """Multiset of whole records (header + data) of canonical packed records."""
+    view = memoryview(packets)
+    out: Counter[bytes] = Counter()
+    pos = 0
+    while pos < len(view):
+        end = pos + 16 + RECORD_HEADER.unpack_from(view, pos)[2]
+        out[_digest(view[pos:end])] += 1
+        pos = end
+    return out
+
+
+def compare_content(expected_pcap: Path, received_pcap: Path) -> tuple[int, int]:
+    """(records expected but not received, records received but not expected), as multisets."""
+    expected = record_digests(read_pcap(expected_pcap)[1])
+    received = record_digests(read_pcap(received_pcap)[1])
+    return sum((expected - received).values()), sum((received - expected).values())
 
 
 def percentiles(values: Iterable[float], qs: tuple[float, ...] = (50, 99)) -> list[float | None]:
@@ -181,6 +205,14 @@ def _fmt_s(v: float | None) -> str:
     return f"{v * 1000:.0f} ms" if v < 10 else f"{v:.1f} s"
 
 
+def _fmt_content(c: dict[str, Any]) -> str:
+    if c["missing"] is None:
+        return "not compared (sanitize-file failed)"
+    if not c["missing"] and not c["unexpected"]:
+        return "identical"
+    return f"{c['missing']} missing, {c['unexpected']} unexpected"
+
+
 def render_text(s: dict[str, Any]) -> str:
     """The summary as a human-readable table."""
     lines = [
@@ -200,12 +232,16 @@ def render_text(s: dict[str, Any]) -> str:
         f"  dropped by reason: {drops}",
         f"  cut by reason:     {cuts}",
         f"lost: {s['lost']}   duplicates at hub: {s['duplicates']}   dead letters: {s['dead_letters']}",
-        f"private addresses at the hub ({', '.join(s['leaks']['private'])}): {s['leaks']['found']}"
-        f"   [leakcheck exit {s['leaks']['leakcheck_exit']}]",
+        f"hub packets vs offline `d4-bridge sanitize-file` of all captures: {_fmt_content(s['content'])}",
+        f"private addresses at the hub ({', '.join(s['leaks']['private'])}): "
+        f"{'unknown' if s['leaks']['found'] is None else s['leaks']['found']}"
+        f"   [d4-bridge leakcheck exit {s['leaks']['leakcheck_exit']}]",
+        *[f"  {line}" for line in s["leaks"]["report"] if s["leaks"]["found"] != 0],
         "",
         f"attacks detected: {s['attacks']['detected']} of {s['attacks']['simulated']} simulated"
         f"   (other victims reported: {len(s['attacks']['false_positives'])})",
-        f"  {'kind':<17} {'victim':<15} {'proto':<5} {'simulated pps':>13} {'estimated pps':>13} {'detected':>8}",
+        f"  {'kind':<17} {'victim':<15} {'proto':<5} {'simulated pps':>13} {'estimated pps':>13} {'detected':>8}"
+        "   (estimate: Moore's lower bound)",
     ]
     for a in s["attacks"]["list"]:
         est = "-" if a["estimated_pps"] is None else f"{a['estimated_pps']:,}"
