@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import ssl
 import threading
+import sys
 import time
 import uuid as uuidlib
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -18,6 +21,9 @@ from bridge.config import Config, KafkaConfig, Secret
 from bridge.d4.frame import FrameSigner
 from bridge.hops.ingress import IngressServer, serve
 from bridge.pcap import global_header, pack_record
+
+CLI = [sys.executable, "-m", "bridge.cli"]
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def ingress_config(kcfg: KafkaConfig, unique, **ingress: Any) -> Config:

@@ -4,20 +4,26 @@ rejection rule, fuzzing, Redis-backed keys."""
 from __future__ import annotations
 
 import random
+import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid as uuidlib
 
 import pytest
+import redis
 
+from bridge import kafka, metrics
+from bridge.broker import EmbeddedBroker, free_port, wait_for_port
+from bridge.config import KafkaConfig
 from bridge.d4.client import D4Sender, SenderOptions
 from bridge.d4.frame import FrameSigner, encode_frame
 from bridge.d4.tls import client_context, write_self_signed_pem
 from bridge.pcap import pack_record
 
-from d4util import (IngressThread, capture, closed_by_server, connect, frames, ingress_config, packets_of,
-                    read_topic, rejections)
+from d4util import (CLI, ENV, IngressThread, capture, closed_by_server, connect, frames, ingress_config,
+                    packets_of, read_topic, rejections)
 
 pytestmark = pytest.mark.integration
 
@@ -351,8 +357,6 @@ def test_fuzz_keeps_serving_good_sensors(kafka_config):
 # --- d4-core Redis keys and sets ---------------------------------------------------------------
 
 def test_redis_keys_and_blacklists(kafka_config, redis_url):
-    import redis
-
     url = redis_url.rsplit("/", 1)[0] + "/5"
     r = redis.Redis.from_url(url)
     r.flushdb()
@@ -444,12 +448,6 @@ def test_sensor_reconnecting_after_a_cut_is_not_locked_out_long(rules):
 def test_backpressure_when_the_broker_stalls(tmp_path):
     """A frozen broker: the ingress stops reading (bounded memory, TCP pushes back on the sensor),
     then resumes when the broker does, and every packet arrives in order."""
-    import signal
-
-    from bridge import metrics
-    from bridge.broker import EmbeddedBroker
-    from bridge.config import KafkaConfig
-
     with EmbeddedBroker(log_file=tmp_path / "tansu.log") as broker:
         kcfg = KafkaConfig(bootstrap=broker.bootstrap, statistics_interval_ms=0, linger_ms=5)
         cfg = ingress_config(kcfg, _Names(), no_tls=True, hmac_key=KEY, max_inflight_bytes=1_000_000,
@@ -488,8 +486,6 @@ def test_reference_vectors_accepted(rules, vector):
     """Vectors A and B (d4-rustclient, key 'private key to change') pass every rule and the HMAC
     check: the frame is counted and the connection stays open. Their 'blah' payloads are not a
     pcap stream, which only the assembler notes when the session ends."""
-    from bridge import metrics
-
     frames_before = metrics.INGRESS_FRAMES.labels("1")._value.get()
     sock = connect(rules.ing.port, tls=False)
     sock.sendall(vector)
@@ -501,8 +497,6 @@ def test_reference_vectors_accepted(rules, vector):
 
 
 def test_plain_d4_on_the_tls_port_is_a_counted_rejection(kafka_config, tmp_path):
-    from bridge import metrics
-
     pem = write_self_signed_pem(tmp_path / "server.pem")
     cfg = ingress_config(kafka_config, _Names(), cert=str(pem), hmac_key=KEY)
     with IngressThread(cfg) as ing:
@@ -516,6 +510,8 @@ def test_plain_d4_on_the_tls_port_is_a_counted_rejection(kafka_config, tmp_path)
         while rejections("tls_handshake") < before + 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert rejections("tls_handshake") == before + 1
+        while ing.server.sessions and time.monotonic() < deadline:  # (the server thread may lag)
+            time.sleep(0.02)
         assert not ing.server.sessions  # nothing left behind by the failed handshake
         assert metrics.INGRESS_SESSIONS_ACTIVE._value.get() == active
     assert read_topic(kafka_config, cfg.ingress.topic, "PcapBatch", idle=0.5) == []
@@ -536,3 +532,31 @@ def test_no_header_in_time_frees_the_slot(kafka_config):
             time.sleep(0.1)
         assert closed_by_server(sock)
         assert rejections("no_header") == before + 1
+
+
+def test_sigterm_flushes_open_batches(kafka_config, unique, tmp_path):
+    """SIGTERM: the ingress closes its sessions, produces the batches still open (here held back
+    by a 60 s batch age) and exits 0."""
+    topic = unique("pcap")
+    kafka.create_topics(kafka_config, 1, topics=[topic])
+    port = free_port()
+    conf = tmp_path / "ingress.toml"
+    conf.write_text("[ingress]\nbatch_age = 60.0\n")
+    proc = subprocess.Popen(CLI + ["ingress", "--config", str(conf), "--bootstrap", kafka_config.bootstrap,
+                                   "--listen", f"127.0.0.1:{port}", "--no-tls", "--hmac-key", KEY.decode(),
+                                   "--topic", topic], env=ENV, stderr=subprocess.PIPE)
+    try:
+        wait_for_port("127.0.0.1", port, 30, proc)
+        stream, recs = capture(50, 24)  # far below one batch: stays open for 60 s
+        u = uuidlib.uuid4()
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(frames(stream, u.bytes, KEY, iter(lambda: 4096, None)))
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.stderr.read().decode()
+        sock.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = read_topic(kafka_config, topic, "PcapBatch", until=lambda rs: packets_of(rs, u.hex) == recs, timeout=20)
+    assert packets_of(out, u.hex) == recs

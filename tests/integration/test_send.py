@@ -3,11 +3,10 @@ killed mid-stream (reconnect + resend: nothing lost)."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
+import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid as uuidlib
@@ -19,13 +18,11 @@ from bridge.broker import free_port
 from bridge.d4.tls import write_self_signed_pem
 from bridge.pcap import PcapHeader, iter_packets, record_offsets, write_pcap
 
-from d4util import IngressThread, capture, ingress_config, packets_of, read_topic
+from d4util import CLI, ENV, IngressThread, capture, ingress_config, packets_of, read_topic
 
 pytestmark = pytest.mark.integration
 
 KEY = "sensor secret"
-CLI = [sys.executable, "-m", "bridge.cli"]
-ENV = {**os.environ, "PYTHONPATH": os.getcwd()}
 
 
 def records_list(packets: bytes) -> list[bytes]:
@@ -74,8 +71,6 @@ def start_ingress(kafka_config, port: int, topic: str) -> subprocess.Popen:
                                    f"127.0.0.1:{port}", "--no-tls", "--hmac-key", KEY, "--topic", topic],
                             env=ENV, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
-    import socket
-
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -158,3 +153,4 @@ def test_send_meta_header_then_extended_type_lines(kafka_config, unique, tmp_pat
     data = [r for r in out if r["d4_type"] == 254]
     assert b"".join(r["data"] for r in data) == lines
     assert all(r["meta_type"] == "ja3-jl" and r["data"].endswith(b"\n") for r in data)
+
