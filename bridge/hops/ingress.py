@@ -115,7 +115,6 @@ class Inflight:
         self.high = high
         self.low = high // 2
         self.bytes = 0
-        self.failures = 0
         self._latency = metrics.INGRESS_PRODUCE_SECONDS
 
     def produce(self, topic: str, value: bytes, key: str) -> None:
@@ -123,11 +122,10 @@ class Inflight:
         sent = time.monotonic()
 
         def delivered(err: Any, _msg: Any) -> None:
+            # failures are counted and logged by the producer (d4bridge_kafka_delivery_failures_total)
             self.bytes -= size
             if err is None:
                 self._latency.observe(time.monotonic() - sent)
-            else:
-                self.failures += 1
 
         self.bytes += size
         self.producer.produce(topic, value, key=key, on_delivery=delivered)
