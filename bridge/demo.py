@@ -37,8 +37,9 @@ from bridge.demo_report import compare_content, match_attacks, percentiles, pnat
 from bridge.pcap import write_pcap
 
 HOST = "127.0.0.1"
-RATE = 1500.0          # packets/s over the site's /16 telescope
+RATE = 1500.0          # packets/s over the site's /16 telescope, live
 BACKLOG_S = 90.0       # rotated files already waiting in the d4-core queue at start
+BACKLOG_RATE = 500.0   # packets/s over the /16 during the backlog (the attacks' share is the same)
 ROTATE_S = 5.0         # d4-core rotates every 300 s; the demo every 5 s so it shows in seconds
 START_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 30.0
@@ -372,7 +373,7 @@ def _run(d: Demo, seconds: float) -> dict[str, Any]:
     _wait_ready(d)
     _say(f"ready after {time.monotonic() - t0:.1f} s; feeding the d4-core backlog, then {seconds:.0f} s of live traffic")
 
-    backlog = ds.build_backlog(time.time_ns(), BACKLOG_S, RATE)
+    backlog = ds.build_backlog(time.time_ns(), BACKLOG_S, BACKLOG_RATE)
     queue = ds.D4CoreQueue(backlog, ds.HEADER, d.work / "d4-core-data", redis.Redis.from_url(_redis_url(d, 2)),
                            redis.Redis.from_url(_redis_url(d, 0)), d.queue_uuid, str(uuidlib.uuid4()), ROTATE_S)
     progress = Progress(d, t0)
