@@ -271,7 +271,11 @@ class EgressProcess:
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
 
     def metric(self, name: str) -> float:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        """Sum of a metric's samples; 0 while the endpoint is not up yet (process starting)."""
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return 0.0
         total = 0.0
         for line in body.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
@@ -312,18 +316,23 @@ def committed_total(kafka_config, group: str, topic: str, partitions: int) -> in
 
 
 def check_order_and_duplicates(receiver: Receiver, expected: dict[int, int]) -> int:
-    """Every packet arrived, in order per sensor; duplicates only as a re-sent session prefix.
+    """Every packet reached the receiver, in order per sensor; duplicates only as a re-sent session prefix.
 
     Returns the number of duplicate packets.
     """
+    with receiver.lock:
+        sessions = [[(sensor, seq) for sensor, seq, _ in s.packets] for s in receiver.sessions]
+    return check_sessions(sessions, expected)
+
+
+def check_sessions(sessions: list[list[tuple[int, int]]], expected: dict[int, int]) -> int:
+    """``sessions``: (sensor, seq) per upstream session, sessions in the order they started."""
     duplicates = 0
     seen: dict[int, set[int]] = {}
-    with receiver.lock:
-        sessions = list(receiver.sessions)
-    for s in sessions:
+    for packets in sessions:
         in_prefix = True
         last: dict[int, int] = {}
-        for sensor, seq, _ in s.packets:
+        for sensor, seq in packets:
             assert seq > last.get(sensor, -1), f"sensor {sensor}: {seq} after {last.get(sensor)} within a session"
             last[sensor] = seq
             known = seen.setdefault(sensor, set())
@@ -504,35 +513,50 @@ def test_duplicate_session_refusal_is_met_with_growing_backoff(kafka_config, uni
           f"duplicates after reconnect: {duplicates}")
 
 
+class Stream:
+    """2 sensors x 20 batches/s x 50 packets of 200 bytes = 2000 packets/s of sanitized records."""
+
+    PER_BATCH, BATCHES_PER_S = 50, 20
+
+    def __init__(self, kafka_config, topic: str) -> None:
+        self.producer = kafka.make_producer(kafka_config, "test")
+        self.topic = topic
+        self.sensors = {0: uuidlib.uuid4().hex, 1: uuidlib.uuid4().hex}
+        self.sent = {0: 0, 1: 0}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        n = self.PER_BATCH
+        while not self.stop.is_set():
+            for idx, su in self.sensors.items():
+                value = batch_record(idx, su, range(self.sent[idx], self.sent[idx] + n), size=200)
+                self.producer.produce(self.topic, value, key=su)
+                self.sent[idx] += n
+            self.producer.poll(0)
+            time.sleep(1 / self.BATCHES_PER_S)
+        self.producer.flush(30)
+
+    def finish(self) -> dict[int, int]:
+        """Stop producing; return packets sent per sensor."""
+        self.stop.set()
+        self.thread.join(30)
+        return dict(self.sent)
+
+
 def test_outage_of_30_seconds_loses_nothing(kafka_config, unique, tmp_path):
     """The receiver is down 30 s in the middle of a stream: reading pauses, memory stays bounded,
     the backlog drains when it returns, every packet arrives, duplicates only as a session prefix."""
     topic, group = unique("san"), unique("egress")
     kafka.create_topics(kafka_config, 2, topics=[topic])
-    sensors = {0: uuidlib.uuid4().hex, 1: uuidlib.uuid4().hex}
     receiver = Receiver({SITE_UUID.bytes: KEY})
     max_queued = 256 * 1024
     egress = EgressProcess(tmp_path, kafka_config, topic, group, receiver.port, "--no-tls",
                            env={"D4BRIDGE_EGRESS_MAX_QUEUED_BYTES": str(max_queued),
                                 "D4BRIDGE_EGRESS_RESEND_BUFFER": str(1024 * 1024),
                                 "D4BRIDGE_EGRESS_BACKOFF_MAX": "4"})
-    producer = kafka.make_producer(kafka_config, "test")
-    per_batch, rate_batches = 50, 20  # 2 sensors x 20 batches/s x 50 packets = 2000 packets/s
-    sent = {0: 0, 1: 0}
-    stop = threading.Event()
-
-    def stream() -> None:
-        while not stop.is_set():
-            for idx, su in sensors.items():
-                producer.produce(topic, batch_record(idx, su, range(sent[idx], sent[idx] + per_batch), size=200),
-                                 key=su)
-                sent[idx] += per_batch
-            producer.poll(0)
-            time.sleep(1 / rate_batches)
-        producer.flush(30)
-
-    streamer = threading.Thread(target=stream, daemon=True)
-    streamer.start()
+    stream = Stream(kafka_config, topic)
     try:
         assert wait_for(lambda: receiver.packet_count() >= 10_000, 60), egress.output()
         receiver.stop()
@@ -542,11 +566,10 @@ def test_outage_of_30_seconds_loses_nothing(kafka_config, unique, tmp_path):
             time.sleep(1)
             paused = max(paused, egress.metric("d4bridge_egress_paused"))
             queued_max = max(queued_max, egress.metric("d4bridge_egress_queued_bytes"))
-        backlog = sum(sent.values()) - receiver.packet_count()
+        backlog = sum(stream.sent.values()) - receiver.packet_count()
         receiver.start()
         back_at = time.monotonic()
-        stop.set()
-        streamer.join(30)
+        sent = stream.finish()
         total = sum(sent.values())
         assert wait_for(lambda: all(len(set(v)) >= sent[k] for k, v in receiver.arrivals().items())
                         and len(receiver.arrivals()) == 2, 90), egress.output()
@@ -554,7 +577,7 @@ def test_outage_of_30_seconds_loses_nothing(kafka_config, unique, tmp_path):
         reconnects = egress.metric("d4bridge_egress_reconnects_total")
         resent = egress.metric("d4bridge_egress_resent_bytes_total")
     finally:
-        stop.set()
+        stream.stop.set()
         status = egress.stop()
     assert status == 0, egress.output()
     assert receiver.errors == []
@@ -563,7 +586,7 @@ def test_outage_of_30_seconds_loses_nothing(kafka_config, unique, tmp_path):
     assert queued_max <= 1.5 * max_queued, queued_max
     duplicates = check_order_and_duplicates(receiver, sent)
     # duplicates come only from the resend window (1 MiB of ~216-byte records per session)
-    assert duplicates <= 2 * (1024 * 1024 // 216 + per_batch), duplicates
+    assert duplicates <= 2 * (1024 * 1024 // 216 + Stream.PER_BATCH), duplicates
     print(f"\noutage 30 s: {total} packets sent, backlog at restart {backlog} packets, all arrived "
           f"{drained_in:.1f} s after the restart; {duplicates} duplicates "
           f"({duplicates / total:.2%}), {reconnects:.0f} failed/lost connections, {resent / 1e6:.2f} MB resent, "
@@ -698,3 +721,66 @@ def test_full_chain_send_ingress_sanitize_egress_hub_export(kafka_config, unique
         assert by_sensor[name] == sanitized[sensors[name].hex], f"sensor {name}: hub export differs"
     print(f"\nfull chain: {total} sanitized packets from 2 sensors, {len(exported)} exported at the hub, "
           f"equal and in order per sensor")
+
+
+def hub_sessions(hub_kafka, topic: str, settle: float = 5.0, timeout: float = 120.0) -> list[list[tuple[int, int]]]:
+    """(sensor, seq) of every packet on the hub topic, grouped by hub session in order of appearance."""
+    c = Consumer(kafka.consumer_conf(hub_kafka, "test", unique_group()))
+    c.subscribe([topic])
+    sessions: dict[str, list[tuple[int, int]]] = {}
+    last = float("inf")
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() - last < settle and time.monotonic() < deadline:
+            for msg in c.consume(100, 0.5):
+                if msg.error() is None:
+                    rec = records.decode(msg.value(), expect="PcapBatch")
+                    out = sessions.setdefault(rec["session_id"], [])
+                    out.extend(MARK.unpack_from(r, 16) for r in split_records(rec["packets"]))
+                    last = time.monotonic()
+    finally:
+        c.close()
+    return list(sessions.values())
+
+
+def test_hub_ingress_stopped_30_seconds_loses_nothing(kafka_config, unique, tmp_path):
+    """The real public side (d4-bridge ingress on a second broker) is stopped for 30 s mid-stream
+    and restarted: every packet reaches the hub topic; duplicates only as a re-sent session prefix."""
+    from bridge.broker import EmbeddedBroker, wait_for_port
+
+    topic, group = unique("san"), unique("egress")
+    kafka.create_topics(kafka_config, 2, topics=[topic])
+    hub_port = free_port()
+    with EmbeddedBroker(log_file=tmp_path / "hub-broker.log") as hub:
+        hub_kafka = kafka_config.__class__(**{**kafka_config.__dict__, "bootstrap": hub.bootstrap})
+        kafka.create_topics(hub_kafka, 1, topics=[kafka.TOPIC_PCAP])
+        ingress_args = ["ingress", "--bootstrap", hub.bootstrap, "--listen", f"127.0.0.1:{hub_port}", "--no-tls",
+                        "--hmac-key", KEY.decode()]
+        ingress = hop(tmp_path, "hub-ingress", *ingress_args)
+        wait_for_port("127.0.0.1", hub_port, 60)
+        egress = EgressProcess(tmp_path, kafka_config, topic, group, hub_port, "--no-tls",
+                               env={"D4BRIDGE_EGRESS_BACKOFF_MAX": "4"})
+        stream = Stream(kafka_config, topic)
+        try:
+            assert wait_for(lambda: egress.metric("d4bridge_egress_packets_total") >= 10_000, 60), egress.output()
+            time.sleep(3)  # past the start-up backlog: a steady stream when the hub goes away
+            assert terminate(ingress) == 0
+            time.sleep(30)
+            ingress = hop(tmp_path, "hub-ingress", *ingress_args)
+            wait_for_port("127.0.0.1", hub_port, 60)
+            time.sleep(3)
+            sent = stream.finish()
+            sessions = hub_sessions(hub_kafka, kafka.TOPIC_PCAP)
+            reconnects = egress.metric("d4bridge_egress_reconnects_total")
+        finally:
+            stream.stop.set()
+            status = egress.stop()
+            terminate(ingress)
+    assert status == 0, egress.output()
+    duplicates = check_sessions(sessions, sent)
+    total = sum(sent.values())
+    # the re-sent window: what was unacknowledged or inside the 2 s grace when the hub went away
+    assert duplicates <= 5 * 2000, duplicates
+    print(f"\nhub outage 30 s: {total} packets sent, all on the hub topic in order per sensor; "
+          f"{duplicates} duplicates ({duplicates / total:.2%}) over {len(sessions)} hub sessions, "
+          f"{reconnects:.0f} failed/lost connections")
