@@ -19,7 +19,9 @@ RUN pip install . \
     # package in site-packages without them, so place them where records.SCHEMA_DIR points
     && python -c "import pathlib, shutil, sysconfig; shutil.copytree('schemas', pathlib.Path(sysconfig.get_paths()['purelib']) / 'schemas', dirs_exist_ok=True)" \
     && python -c "from bridge import records; records.decode(records.encode('DeadLetter', records.dead_letter('build', 'check', 'image self-test')), expect='DeadLetter')" \
-    && useradd --system --uid 10001 --user-group --home-dir /home/d4bridge --create-home d4bridge
+    && useradd --system --uid 10001 --user-group --home-dir /home/d4bridge --create-home d4bridge \
+    # sink's output directory: a named volume mounted here starts with this owner
+    && mkdir -p /var/lib/d4-bridge/sink && chown -R d4bridge:d4bridge /var/lib/d4-bridge
 
 USER d4bridge
 WORKDIR /home/d4bridge

@@ -156,6 +156,9 @@ def test_hop_configurations_are_complete(compose: dict[str, Any], tmp_path: Path
             assert cfg.analyze.telescope, name
         elif command == "sink":
             assert cfg.sink.dir and cfg.sink.queue_uuid, name
+            # the hop runs as a non-root user: its output volume must start owned by it
+            assert f"mkdir -p {cfg.sink.dir}" in DOCKERFILE.read_text(), name
+            assert any(v.split(":")[1] == cfg.sink.dir for v in svc["volumes"]), name
         for path in filter(None, paths):
             assert path.startswith(SECRETS_DIR), f"{name}: {path} should be a mounted secret"
             assert path[len(SECRETS_DIR):] in mounted, f"{name}: {path} is not mounted"
