@@ -18,7 +18,8 @@ RUN pip install . \
     # bridge.records reads schemas/ next to the package directory; a non-editable install puts the
     # package in site-packages without them, so place them where records.SCHEMA_DIR points
     && python -c "import pathlib, shutil, sysconfig; shutil.copytree('schemas', pathlib.Path(sysconfig.get_paths()['purelib']) / 'schemas', dirs_exist_ok=True)" \
-    && python -c "from bridge import records; records.decode(records.encode('DeadLetter', records.dead_letter('build', 'check', 'image self-test')), expect='DeadLetter')" \
+    # self-test of the installed package (from /, so the source tree here is not what gets imported)
+    && cd / && python -c "from bridge import records; records.decode(records.encode('DeadLetter', records.dead_letter('build', 'check', 'image self-test')), expect='DeadLetter')" \
     && useradd --system --uid 10001 --user-group --home-dir /home/d4bridge --create-home d4bridge \
     # sink's output directory: a named volume mounted here starts with this owner
     && mkdir -p /var/lib/d4-bridge/sink && chown -R d4bridge:d4bridge /var/lib/d4-bridge
