@@ -16,7 +16,6 @@ import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings

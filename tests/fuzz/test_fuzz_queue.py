@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from bridge import kafka
 from bridge.pcap import global_header, pack_record
 
-from system.harness import HopProcess, metric, read_topic, rss_mb, wait_metrics
+from system.harness import HopProcess, read_topic, rss_mb, wait_metrics
 
 pytestmark = pytest.mark.integration
 

@@ -245,8 +245,9 @@ def read_topic(bootstrap: str, topic: str, expect: str = "PcapBatch", idle: floa
                 pos[m.partition()] = m.offset() + 1
             if msgs:
                 last = time.monotonic()
-            reached = all(pos[p] >= high[p] - 2 for p in partitions)  # a commit marker may end a partition
-            if reached and time.monotonic() - last > min(idle, 1.0) or time.monotonic() - last > idle:
+            # a commit marker may end a partition; Tansu's high watermark may also lag the log end
+            reached = all(pos[p] >= high[p] - 2 for p in partitions)
+            if reached and time.monotonic() - last > min(idle, 2.0) or time.monotonic() - last > idle:
                 break
         return out
     finally:

@@ -20,7 +20,7 @@ from bridge.broker import free_port, wait_for_port  # noqa: E402
 from bridge.d4.frame import FrameSigner  # noqa: E402
 from bridge.d4.tls import write_self_signed_pem  # noqa: E402
 from bridge.pcap import global_header, pack_record  # noqa: E402
-from system.harness import HopProcess, fd_count, metric, rss_mb, thread_count, wait_metrics  # noqa: E402
+from system.harness import fd_count, metric, rss_mb, thread_count, wait_metrics  # noqa: E402
 
 pytestmark = pytest.mark.system
 
