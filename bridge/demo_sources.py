@@ -183,7 +183,7 @@ class D4CoreQueue:
             self._push(self.source.index_at(period_end))
 
     def flush(self) -> None:
-        """Push everything captured so far as one last file (d4-core does this when a session ends)."""
+        """Push every remaining record as one last file (d4-core does this when a session ends)."""
         if self.done < self.source.count:
             self._push(self.source.count)
 
