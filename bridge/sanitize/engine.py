@@ -18,7 +18,7 @@ import numpy as np
 from bridge.sanitize import kernels, layout
 from bridge.sanitize.policy import Cidr, Policy
 
-SUPPORTED_LINKTYPES = frozenset({0, 1, 12, 14, 101, 113})
+SUPPORTED_LINKTYPES = frozenset({0, 1, 12, 14, 101, 113, 276})
 
 
 class PcapRecordError(ValueError):

@@ -52,6 +52,8 @@ class _Collector:
                 self.l2(dpkt.ethernet.Ethernet(data), "eth")
             elif linktype == 113:
                 self.l2(dpkt.sll.SLL(data), "sll")
+            elif linktype == 276:
+                self.l2(dpkt.sll2.SLL2(data), "sll2")
             elif linktype == 0:
                 self.l2(dpkt.loopback.Loopback(data), "null")
             elif data and data[0] >> 4 == 6:
@@ -63,6 +65,10 @@ class _Collector:
 
     def l2(self, frame: dpkt.Packet, where: str) -> None:
         payload = frame.data
+        for _ in range(4):  # PPPoE -> PPP -> IP and similar wrappers
+            if isinstance(payload, (dpkt.arp.ARP, dpkt.ip.IP, dpkt.ip6.IP6)) or not isinstance(payload, dpkt.Packet):
+                break
+            payload = payload.data
         if isinstance(payload, dpkt.arp.ARP):
             if payload.pln == 4:
                 self.add(f"{where}.arp.spa", payload.spa)
@@ -217,9 +223,17 @@ def _l3_offset(linktype: int, data: bytes) -> int | None:
         off, et = 14, data[12:14]
         while et in (b"\x81\x00", b"\x88\xa8", b"\x91\x00"):
             et, off = data[off + 2:off + 4], off + 4
+        if et == b"\x88\x64" and data[off + 6:off + 8] in (b"\x00\x21", b"\x00\x57"):  # PPPoE session
+            return off + 8
+        if et in (b"\x88\x47", b"\x88\x48"):  # MPLS label stack
+            while off + 4 <= len(data) and not data[off + 2] & 1:
+                off += 4
+            return off + 4
         return off if et in (b"\x08\x00", b"\x86\xdd") else None
     if linktype == 113:
         return 16 if data[14:16] in (b"\x08\x00", b"\x86\xdd") else None
+    if linktype == 276:
+        return 20 if data[0:2] in (b"\x08\x00", b"\x86\xdd") else None
     if linktype == 0:
         return 4
     return 0

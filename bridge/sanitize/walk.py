@@ -34,7 +34,7 @@ from bridge.sanitize.layout import (  # noqa: F401 (re-exported for callers of t
 _L_ETH, _L_ETYPE, _L_IP4, _L_IP6, _L_ARP = 0, 1, 2, 3, 4
 
 MAX_IP_LAYERS = 8
-MAX_VLAN_TAGS = 8
+MAX_VLAN_TAGS = 8  # also bounds MPLS label stacks
 
 
 
@@ -119,6 +119,18 @@ def _walk(buf, d, end, linktype, pkt, mac_on, v4, v6, mac, cs, n):
         et = _u16(buf, d + 14)
         o = d + 16
         layer = _L_ETYPE
+    elif linktype == 276:  # Linux SLL2: protocol first, address at 12
+        if d + 20 > end:
+            return R_TRUNC_L2, d
+        halen = np.int64(buf[d + 11])
+        if mac_on:
+            if halen == 6:
+                _add_mac(mac, n, d + 12, pkt)
+            elif halen != 0:
+                return R_L2ADDR, d
+        et = _u16(buf, d)
+        o = d + 20
+        layer = _L_ETYPE
     elif linktype == 0:
         if d + 4 > end:
             return R_TRUNC_L2, d
@@ -163,6 +175,26 @@ def _walk(buf, d, end, linktype, pkt, mac_on, v4, v6, mac, cs, n):
                     return R_TRUNC_L2, o
                 et = _u16(buf, o + 2)
                 o += 4
+            if et == 0x8864:  # PPPoE session: 6-byte header, then the PPP protocol
+                if o + 8 > lim:
+                    return R_TRUNC_L2, o
+                lim = min(lim, o + 6 + _u16(buf, o + 4))
+                ppp = _u16(buf, o + 6)
+                o += 8
+                et = 0x0800 if ppp == 0x0021 else (0x86DD if ppp == 0x0057 else 0)
+            elif et == 0x8847 or et == 0x8848:  # MPLS: labels up to bottom of stack, then IP
+                for _k in range(MAX_VLAN_TAGS + 1):
+                    if o + 4 > lim:
+                        return R_TRUNC_L2, o
+                    o += 4
+                    if buf[o - 2] & 1:
+                        break
+                else:
+                    return R_ETHERTYPE, o
+                if o >= lim:
+                    return R_TRUNC_IP, o
+                ver = buf[o] >> 4
+                et = 0x0800 if ver == 4 else (0x86DD if ver == 6 else 0)
             if et == 0x0800:
                 layer = _L_IP4
             elif et == 0x86DD:
