@@ -37,8 +37,11 @@ class CryptoPAn:
         pad = np.frombuffer(enc.update(key[16:32]) + enc.finalize(), dtype=np.uint8)
         self._masks = {n: _prefix_masks(n) for n in (32, 128)}
         self._pad_part = {n: pad[None, :] & ~m for n, m in self._masks.items()}
-        self._cache: dict[int, dict[bytes, bytes]] = {4: {}, 6: {}}
         self._cache_size = cache_size
+        # IPv4: sorted arrays (vectorized lookups); IPv6: a dict of 16-byte keys
+        self._v4_keys = np.empty(0, dtype=np.uint32)
+        self._v4_vals = np.empty(0, dtype=np.uint32)
+        self._v6: dict[bytes, bytes] = {}
 
     def _compute(self, addrs: np.ndarray, nbits: int) -> np.ndarray:
         """Anonymize distinct addresses given as (n, nbits/8) big-endian uint8 rows."""
@@ -58,26 +61,47 @@ class CryptoPAn:
             out[start:start + len(chunk)] = chunk ^ flips
         return out
 
+    def anonymize_v4(self, vals: np.ndarray) -> np.ndarray:
+        """Anonymize uint32 IPv4 addresses (duplicates allowed)."""
+        uniq, inverse = np.unique(np.asarray(vals, dtype=np.uint32), return_inverse=True)
+        keys, known = self._v4_keys, self._v4_vals
+        pos = np.searchsorted(keys, uniq)
+        hit = pos < len(keys)
+        hit[hit] = keys[pos[hit]] == uniq[hit]
+        result = np.empty_like(uniq)
+        result[hit] = known[pos[hit]]
+        miss = uniq[~hit]
+        if len(miss):
+            fresh = self._compute(miss.astype(">u4").view(np.uint8).reshape(-1, 4), 32)
+            fresh = fresh.view(">u4").ravel().astype(np.uint32)
+            result[~hit] = fresh
+            if len(keys) + len(miss) > self._cache_size:
+                keys, known = np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.uint32)  # bounded memory
+            at = np.searchsorted(keys, miss)  # miss is sorted: inserting keeps keys sorted
+            self._v4_keys, self._v4_vals = np.insert(keys, at, miss), np.insert(known, at, fresh)
+        return result[inverse.ravel()]
+
     def anonymize_rows(self, addrs: np.ndarray) -> np.ndarray:
-        """Anonymize (n, 4) or (n, 16) uint8 rows of big-endian addresses; duplicates allowed."""
-        width = addrs.shape[1]
-        family, nbits = (4, 32) if width == 4 else (6, 128)
+        """Anonymize (n, 4) or (n, 16) uint8 rows of big-endian addresses (duplicates allowed)."""
         if len(addrs) == 0:
             return addrs.copy()
-        flat = np.ascontiguousarray(addrs).view(f"V{width}").ravel()
+        if addrs.shape[1] == 4:
+            vals = np.ascontiguousarray(addrs).view(">u4").ravel()
+            return self.anonymize_v4(vals).astype(">u4").view(np.uint8).reshape(-1, 4)
+        flat = np.ascontiguousarray(addrs).view("V16").ravel()
         uniq, inverse = np.unique(flat, return_inverse=True)
-        cache = self._cache[family]
+        cache = self._v6
         keys = [u.tobytes() for u in uniq]
         found = [cache.get(k) for k in keys]
         missing = [i for i, v in enumerate(found) if v is None]
         if missing:
-            rows = np.frombuffer(b"".join(keys[i] for i in missing), dtype=np.uint8).reshape(-1, width)
-            fresh = self._compute(rows, nbits)
+            rows = np.frombuffer(b"".join(keys[i] for i in missing), dtype=np.uint8).reshape(-1, 16)
+            fresh = self._compute(rows, 128)
             if len(cache) + len(missing) > self._cache_size:
                 cache.clear()  # bounded memory; recomputation gives the same result
             for i, row in zip(missing, fresh):
                 found[i] = cache[keys[i]] = row.tobytes()
-        result = np.frombuffer(b"".join(found), dtype=np.uint8).reshape(-1, width)
+        result = np.frombuffer(b"".join(found), dtype=np.uint8).reshape(-1, 16)
         return result[inverse.ravel()]
 
     def anonymize(self, address: str) -> str:

@@ -49,16 +49,6 @@ def _halves(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return both[:, 0].copy(), both[:, 1].copy()
 
 
-def _rows4(vals: np.ndarray) -> np.ndarray:
-    """uint32 values -> (n, 4) big-endian bytes."""
-    return vals.astype(">u4").view(np.uint8).reshape(-1, 4)
-
-
-def _be32(rows: np.ndarray) -> np.ndarray:
-    """(n, 4) big-endian bytes -> uint32 values."""
-    return np.ascontiguousarray(rows).view(">u4").ravel().astype(np.uint32)
-
-
 def _in_scope6(hi: np.ndarray, lo: np.ndarray, cidr: Cidr) -> np.ndarray:
     mhi, mlo = np.uint64(cidr.mask >> 64), np.uint64(cidr.mask & layout.M64)
     return ((hi & mhi) == np.uint64(cidr.network >> 64)) & ((lo & mlo) == np.uint64(cidr.network & layout.M64))
@@ -93,7 +83,7 @@ class AddressMapper:
             for c in self._scope4:
                 hit |= (out & np.uint32(c.mask)) == np.uint32(c.network)
         if hit.any():
-            out[hit] = _be32(self._cpan.anonymize_rows(_rows4(out[hit])))
+            out[hit] = self._cpan.anonymize_v4(out[hit])
         return out
 
     def map_v6(self, hi: np.ndarray, lo: np.ndarray, roles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
