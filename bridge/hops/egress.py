@@ -245,7 +245,6 @@ class Session:
                         self._flush_at = None
                         self.sender.send_empty_frame()
                 self._release()
-                self._export()
             self.sender.send_empty_frame()
             if self.sender.wait_acked(self.drain_timeout) and not self.stop.wait(self.sender.opts.resend_grace):
                 self.sender.wait_acked(0)  # releases what is now past the grace period
@@ -256,7 +255,6 @@ class Session:
             log.exception("egress: session %s failed", self.name)
             self.error = exc
         finally:
-            self._export()
             self.sender.close(0)
 
     def _send(self, work: Work) -> None:
@@ -277,8 +275,12 @@ class Session:
         while self._awaiting and self._awaiting[0][0] <= released:
             self.done.put(self._awaiting.popleft()[1])
 
-    def _export(self) -> None:
-        """Add the sender's counter growth to the Prometheus metrics."""
+    def export_metrics(self) -> None:
+        """Add the sender's counter growth to the Prometheus metrics.
+
+        Called from the main loop: the session thread may sit in a reconnect loop for minutes, and
+        an outage is exactly when the reconnect counters must move.
+        """
         s, last = self.sender, self._exported
         metrics.EGRESS_FRAMES.inc(s.frames_sent - last["frames"])
         metrics.EGRESS_BYTES.inc(s.bytes_sent - last["bytes"])
@@ -495,6 +497,8 @@ class Egress:
         return int(max(1, min(CONSUME_BATCH, (limit - queued) // max(self._avg_record, 1.0))))
 
     def _gauges(self) -> None:
+        for s in self.sessions.values():
+            s.export_metrics()
         metrics.EGRESS_SESSIONS.set(len(self.sessions))
         metrics.EGRESS_CONNECTED.set(sum(1 for s in self.sessions.values() if s.sender.connected))
         metrics.EGRESS_QUEUED_BYTES.set(sum(s.queued_bytes for s in self.sessions.values()))

@@ -461,6 +461,21 @@ def test_bad_frame_size_is_refused(kafka_config, unique, tmp_path):
     assert "frame-size must be 1..1000000" in egress.output()
 
 
+def test_stop_while_the_server_is_down_commits_nothing(kafka_config, unique, tmp_path):
+    topic, group = unique("san"), unique("egress")
+    kafka.create_topics(kafka_config, 1, topics=[topic])
+    su = uuidlib.uuid4().hex
+    produce(kafka_config, topic, [(su, batch_record(0, su, range(s, s + 100))) for s in range(0, 500, 100)])
+    dead_port = free_port()  # nothing listens there
+    egress = EgressProcess(tmp_path, kafka_config, topic, group, dead_port, "--no-tls")
+    assert wait_for(lambda: egress.metric('d4bridge_egress_reconnects_total') >= 2, 60), egress.output()
+    started = time.monotonic()
+    assert egress.stop() == 0, egress.output()
+    assert time.monotonic() - started < 30  # bounded by the drain timeout, not by the outage
+    assert committed_total(kafka_config, group, topic, 1) == 0  # nothing delivered, nothing committed
+    assert "not confirmed upstream" in egress.output()
+
+
 def test_identity_map_gives_each_sensor_its_upstream_session(kafka_config, unique, tmp_path):
     topic, group = unique("san"), unique("egress")
     kafka.create_topics(kafka_config, 2, topics=[topic])
