@@ -312,17 +312,25 @@ def _stream_live(d: Demo, live: dict[str, ds.Source], queue: ds.D4CoreQueue, pro
             time.sleep(max(0.0, min(1.0, (end - time.time_ns()) / 1e9)))
             queue.rotate_until(time.time_ns())
             progress.tick("live")
+        # every capture time has passed: the pacers end by themselves once send took the last records
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        for t in threads:
+            while t.is_alive():
+                d.sup.check()
+                if time.monotonic() > deadline:
+                    raise DemoError(f"the sensors' send did not take their input within {DRAIN_TIMEOUT:.0f} s")
+                t.join(0.2)
     finally:
-        stop.set()  # on time every record is written already; on an error the pacing stops here
+        stop.set()  # only matters on an error: the pacing stops here
         for t in threads:
             t.join(5.0)
     queue.flush()
     exits = {}
     for name in ds.LIVE_SENSORS:
         part = d.senders[name]
+        part.one_shot = True  # from now on its exit is expected
         part.proc.stdin.close()  # end of capture: send flushes, waits for the server's acks, exits
         exits[name] = d.sup.wait(part, 60.0)
-        part.one_shot = True
     return exits
 
 

@@ -205,6 +205,10 @@ def _fmt_s(v: float | None) -> str:
     return f"{v * 1000:.0f} ms" if v < 10 else f"{v:.1f} s"
 
 
+def _fmt_exit(rc: int | None) -> str:
+    return "d4-bridge leakcheck did not finish" if rc is None else f"d4-bridge leakcheck exit {rc}"
+
+
 def _fmt_content(c: dict[str, Any]) -> str:
     if c["missing"] is None:
         return "not compared (sanitize-file failed)"
@@ -235,7 +239,7 @@ def render_text(s: dict[str, Any]) -> str:
         f"hub packets vs offline `d4-bridge sanitize-file` of all captures: {_fmt_content(s['content'])}",
         f"private addresses at the hub ({', '.join(s['leaks']['private'])}): "
         f"{'unknown' if s['leaks']['found'] is None else s['leaks']['found']}"
-        f"   [d4-bridge leakcheck exit {s['leaks']['leakcheck_exit']}]",
+        f"   [{_fmt_exit(s['leaks']['leakcheck_exit'])}]",
         *[f"  {line}" for line in s["leaks"]["report"] if s["leaks"]["found"] != 0],
         "",
         f"attacks detected: {s['attacks']['detected']} of {s['attacks']['simulated']} simulated"
