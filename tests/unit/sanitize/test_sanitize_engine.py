@@ -212,3 +212,14 @@ def test_many_sites_per_packet_grow_the_tables():
     data = bytes(next(iter_packets(res.packets))[3])
     assert private_addresses(1, data) == []
     assert checksum_errors(1, data, len(data)) == []
+
+
+def test_ipv6_pnat_is_bit_exact_for_unaligned_prefixes():
+    # tcprewrite's remap_ipv6 mishandles prefixes that are not whole bytes (reference sec. 1.2);
+    # ours keeps exactly the host bits under TO's mask
+    from sanitize_corpus import a6, eth6, ip6_udp
+
+    res = Sanitizer(policy_from_flags(pnat="[fd00::/12]:[2a50::/12]")).sanitize_batch(
+        1, records([Case("u", 1, eth6(ip6_udp("fd0f:1::5", "2606:4700::1")))]))
+    data = bytes(next(iter_packets(res.packets))[3])
+    assert data[22:38] == a6("2a5f:1::5")
