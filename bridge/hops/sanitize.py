@@ -62,6 +62,14 @@ class Tally:
             metrics.DLQ_RECORDS.labels(HOP, reason).inc(n)
 
 
+# a newer producer with our transactional.id exists: we are the zombie and must stop
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+
+
+class Fenced(RuntimeError):
+    """This worker was fenced by a newer one with the same transactional.id."""
+
+
 def transactional_id(group: str, site: str, index: int) -> str:
     """Stable per worker slot: a restart of the same slot on the same host fences its zombie."""
     return f"{group}-{site}-{socket.gethostname()}-{index}"
@@ -178,21 +186,26 @@ class Worker:
                                          source_partition=msg.partition(), source_offset=msg.offset(), key=key)
             self.producer.produce(kafka.TOPIC_DLQ, records.encode("DeadLetter", letter), key=key)
 
-    def _commit(self) -> None:
-        while True:
+    def _commit(self, attempts: int = 5) -> None:
+        for attempt in range(1, attempts + 1):
             try:
                 self.producer.raw.commit_transaction(30)
                 return
             except KafkaException as exc:
                 err = exc.args[0]
-                if isinstance(err, KafkaError) and err.retriable() and not err.txn_requires_abort():
-                    log.warning("%s: commit_transaction retriable error, retrying: %s", HOP, err)
-                    continue
-                raise
+                if not (isinstance(err, KafkaError) and err.retriable() and not err.txn_requires_abort()):
+                    raise
+                log.warning("%s: commit_transaction retriable error (attempt %d/%d): %s", HOP, attempt, attempts, err)
+        # a fenced zombie may only ever see timeouts (Tansu does): stop rather than spin; the open
+        # transaction is aborted by the broker (timeout) or by the next worker in this slot
+        raise Fenced(f"{HOP}: commit of transactional.id {self.txn_id} did not complete after {attempts} attempts")
 
     def _recover(self, err: KafkaError) -> None:
         """Abort (or, when fatal, recreate the producer) and rewind to the committed offsets."""
         metrics.SANITIZE_TRANSACTIONS.labels("aborted").inc()
+        if err.code() in _FENCED:
+            # recreating the producer would fence the newer worker in turn: stop instead
+            raise Fenced(f"{HOP}: fenced by a newer worker with transactional.id {self.txn_id}: {err}")
         if err.fatal():
             log.error("%s: fatal transactional error, recreating the producer: %s", HOP, err)
             self.producer = kafka.make_transactional_producer(self.cfg.kafka, HOP, self.txn_id)
@@ -227,6 +240,7 @@ class Worker:
 
 
 def _worker_main(cfg: Config, index: int) -> int:
+    """Run one worker until shutdown; exit status 3 when fenced (a newer worker took over)."""
     if index and cfg.metrics_port:
         # workers share the host: worker i serves /metrics on port + i
         cfg = replace(cfg, metrics_port=cfg.metrics_port + index)
@@ -236,7 +250,11 @@ def _worker_main(cfg: Config, index: int) -> int:
     log.info("%s worker %d: %s -> %s, group %s, transactional.id %s, policy %s version %s", HOP, index,
              cfg.sanitize.in_topic, cfg.sanitize.out_topic, cfg.sanitize.group, worker.txn_id, policy.name,
              policy.version)
-    worker.run(shutdown)
+    try:
+        worker.run(shutdown)
+    except Fenced as exc:
+        log.error("%s", exc)
+        return 3
     return 0
 
 
