@@ -280,7 +280,7 @@ def run(cfg: Config) -> int:
 
 
 def _supervise(cfg: Config, workers: int) -> int:
-    """Run N worker processes; restart one that dies; forward SIGTERM/SIGINT to all."""
+    """Run N worker processes; restart one that dies (unless it was fenced); forward SIGTERM/SIGINT."""
     ctx = multiprocessing.get_context("spawn")
     shutdown = Shutdown().install()
     procs: dict[int, Any] = {}
@@ -297,6 +297,10 @@ def _supervise(cfg: Config, workers: int) -> int:
         shutdown.wait(0.5)
         for i, p in list(procs.items()):
             if not p.is_alive() and not shutdown.is_set():
+                if p.exitcode == 3:
+                    log.error("%s: worker %d was fenced by a newer worker in its slot; not restarting it", HOP, i)
+                    del procs[i]
+                    continue
                 restarts += 1
                 log.error("%s: worker %d exited with %s; restarting (%d restarts)", HOP, i, p.exitcode, restarts)
                 time.sleep(min(5.0, 0.5 * restarts))
