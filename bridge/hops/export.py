@@ -31,17 +31,26 @@ def run(cfg: Config) -> int:
     conf = kafka.consumer_conf(cfg.kafka, "export", f"d4-bridge-export-{uuid.uuid4().hex[:12]}")
     conf["auto.offset.reset"] = "earliest" if ecfg.from_beginning else "latest"
     consumer = Consumer(conf)
-    consumer.subscribe([ecfg.topic])
+    assigned: list[float] = []
+
+    def on_assign(_consumer: Consumer, _partitions: list) -> None:
+        # The idle clock starts once the group join is done, or a short --idle-exit
+        # would end the export before the first fetch could return anything.
+        if not assigned:
+            assigned.append(time.monotonic())
+
+    consumer.subscribe([ecfg.topic], on_assign=on_assign)
     shutdown = Shutdown().install()
     written = skipped = bad = 0
     linktype: int | None = None
-    last_data = time.monotonic()
+    last_data: float | None = None
     with open(ecfg.pcap, "wb") as out:
         try:
             while not shutdown.is_set():
                 msg = consumer.poll(0.2)
                 if msg is None or (msg.error() and msg.error().code() == KafkaError._PARTITION_EOF):
-                    if ecfg.idle_exit and time.monotonic() - last_data > ecfg.idle_exit:
+                    idle_since = last_data if last_data is not None else (assigned[0] if assigned else None)
+                    if ecfg.idle_exit and idle_since is not None and time.monotonic() - idle_since > ecfg.idle_exit:
                         break
                     continue
                 if msg.error():
