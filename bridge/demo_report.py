@@ -25,7 +25,8 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from bridge import kafka, records
 from bridge.config import KafkaConfig
-from bridge.pcap import RECORD_HEADER, global_header, read_pcap, ts_ns
+from bridge.demo_procs import DemoError
+from bridge.pcap import RECORD_HEADER, PcapHeader, global_header, read_pcap, ts_ns
 
 _ETH_IPV4, _ETH_ARP, _ETH_IPV6 = 0x0800, 0x0806, 0x86DD
 
@@ -67,9 +68,14 @@ def _attribute(data: memoryview, prefixes: list[tuple[str, ipaddress.IPv4Network
     return ""
 
 
-def read_hub(kcfg: KafkaConfig, topic: str, pcap_path: Path, prefixes: list[tuple[str, ipaddress.IPv4Network]],
-             ipv6_source: str, live_start_ns: int, timeout: float = 30.0) -> HubCapture:
-    """Read every record of ``topic``; write its packets to ``pcap_path``; attribute and time them."""
+def read_hub(kcfg: KafkaConfig, topic: str, pcap_path: Path, header: PcapHeader,
+             prefixes: list[tuple[str, ipaddress.IPv4Network]], ipv6_source: str, live_start_ns: int,
+             timeout: float = 30.0) -> HubCapture:
+    """Read every record of ``topic``; write its packets to ``pcap_path``; attribute and time them.
+
+    Every capture of the demo has the link type and precision of ``header``; a record with
+    others cannot share the pcap file and stops the demo (DemoError).
+    """
     conf = kafka.consumer_conf(kcfg, "demo", f"d4-bridge-demo-{uuidlib.uuid4().hex[:12]}")
     conf["enable.partition.eof"] = True
     consumer = Consumer(conf)
@@ -81,7 +87,7 @@ def read_hub(kcfg: KafkaConfig, topic: str, pcap_path: Path, prefixes: list[tupl
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])  # offset 0: from the beginning
         pending = set(parts)
         with open(pcap_path, "wb") as pcap:
-            header_written = False
+            pcap.write(global_header(header.linktype, header.snaplen, header.nsec))
             deadline = time.monotonic() + timeout
             while pending and time.monotonic() < deadline:
                 msg = consumer.poll(0.5)
@@ -93,9 +99,9 @@ def read_hub(kcfg: KafkaConfig, topic: str, pcap_path: Path, prefixes: list[tupl
                     continue
                 rec = records.decode(msg.value(), expect="PcapBatch")
                 nsec = rec["ts_precision"] == "nsec"
-                if not header_written:
-                    pcap.write(global_header(rec["linktype"], max(rec["snaplen"], 1), nsec))
-                    header_written = True
+                if (rec["linktype"], nsec) != (header.linktype, header.nsec):
+                    raise DemoError(f"{topic}[{msg.partition()}]@{msg.offset()}: link type {rec['linktype']} "
+                                    f"({rec['ts_precision']}) differs from every capture of the demo")
                 pcap.write(rec["packets"])
                 _account(out, seen, rec["packets"], nsec, rec["created_ns"], prefixes, ipv6_source, live_start_ns)
     finally:
