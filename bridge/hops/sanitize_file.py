@@ -33,4 +33,9 @@ def run(cfg: Config) -> int:
           file=sys.stderr)
     for line in summary.lines():
         print(line, file=sys.stderr)
+    from bridge.sanitize import kernels
+
+    if not kernels.AOT:
+        print("note: compiled loops came from the JIT (about 1 s of start-up); `python -m bridge.sanitize.aot` "
+              "builds them ahead of time", file=sys.stderr)
     return 0
