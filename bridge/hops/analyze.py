@@ -157,8 +157,11 @@ class Router:
             raise RuntimeError(f"route: {delivery.failed} records to {self.route_topic} not delivered; "
                                "not committing (the input is read again after a restart)")
         try:
-            self.consumer.commit(asynchronous=False)
-        except KafkaException as exc:  # revoked meanwhile: the new owner routes these again (replays are dropped)
+            # Asynchronous: a lost commit only means these records are routed again, and the
+            # detect stage drops such replays (same sensor, same time stamp); a synchronous one
+            # could hold the loop while the group coordinator is busy with a rebalance.
+            self.consumer.commit(asynchronous=True)
+        except KafkaException as exc:
             log.warning("analyze: route commit failed (%s); records will be routed again", exc)
 
     def _tick(self, template: dict[str, Any], newest: int, sent: set[tuple[int, str]], delivery: _Delivery) -> None:
@@ -327,9 +330,12 @@ class Detector:
         self.snapshot_ids[p] = snap_id
         self.dirty.discard(p)
         metrics.ANALYZE_SNAPSHOTS.inc()
-        if self.next_offset[p] >= 0:  # informational: lag tools read committed offsets
-            self.consumer.commit(offsets=[TopicPartition(self.route_topic, p, self.next_offset[p])],
-                                 asynchronous=False)
+        if self.next_offset[p] >= 0:  # informational (restores use the manifest): lag tools read these
+            try:
+                self.consumer.commit(offsets=[TopicPartition(self.route_topic, p, self.next_offset[p])],
+                                     asynchronous=True)
+            except KafkaException as exc:
+                log.debug("analyze: offset commit for lag reporting failed: %s", exc)
 
     def snapshot_due(self, force: bool = False) -> None:
         """Snapshot changed partitions every snapshot_seconds (or now)."""
