@@ -19,7 +19,9 @@ test: setup
 bench: setup
 	$(PY) bench/run_all.py
 
-setup: $(STAMP) system-deps
+KERNELS := bridge/sanitize/_kernels.sha256
+
+setup: $(STAMP) $(KERNELS) system-deps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -29,6 +31,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
+
+# The sanitizer's loops compiled ahead of time, so one-shot commands (sanitize-file) skip numba's
+# import and JIT load. Optional: without a C compiler everything still runs through the JIT.
+$(KERNELS): $(STAMP) bridge/sanitize/walk.py bridge/sanitize/remap.py bridge/sanitize/layout.py
+	@$(PY) -m bridge.sanitize.aot >/dev/null 2>&1 || \
+		echo "note: sanitizer kernels not prebuilt (needs gcc and Python headers); using the JIT" >&2
 
 system-deps:
 	@deploy/install-system-deps.sh redis-server:redis-server tcprewrite:tcpreplay tcpdump:tcpdump
