@@ -115,6 +115,10 @@ EGRESS_RECORD_AGE = Histogram(
     "d4bridge_egress_record_age_seconds", "Now minus capture time of a batch's last packet at send",
     buckets=LATENCY_BUCKETS,
 )
+EGRESS_DUPLICATES = Counter(
+    "d4bridge_egress_duplicate_packets_total",
+    "Packets of a sanitized batch seen twice (same source offset) and not forwarded again",
+)
 EGRESS_REFUSED = Counter("d4bridge_egress_refused_total", "Records refused (e.g. not sanitized)", ["reason"])
 
 # --- send (sensor client) ------------------------------------------------------------------

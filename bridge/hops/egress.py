@@ -310,6 +310,8 @@ class Egress:
         self._paused_parts: set[tuple[str, int]] = set()
         self._avg_record = 64 * 1024.0  # running mean record size: sizes each consume() to the room left
         self._last_commit = 0.0
+        # (input partition, source topic, source partition) -> last source offset forwarded
+        self._lineage: dict[tuple[int, str, int], int] = {}
         self.dlq = kafka.make_producer(cfg.kafka, HOP)
         # egress is the latency-critical reader: a broker that answers fetches only at the wait
         # limit (the embedded one does) would otherwise add up to librdkafka's 500 ms default.
@@ -337,6 +339,8 @@ class Egress:
     def _forget(self, parts: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in parts]
         self.tracker.revoke(keys)
+        gone = {tp.partition for tp in parts}
+        self._lineage = {k: v for k, v in self._lineage.items() if k[0] not in gone}
         self._paused_parts.difference_update(keys)
         # records of these partitions already queued still go out: duplicates, never loss
 
@@ -388,6 +392,10 @@ class Egress:
         if rec["sanitization"] is None:
             self._dead(msg, token, "unsanitized", "PcapBatch without the sanitizer's stamp: not forwarded")
             return
+        if self._repeated(msg, rec["lineage"]):
+            metrics.EGRESS_DUPLICATES.inc(rec["packet_count"])
+            self.tracker.finish(token)
+            return
         identity = self.plan.identities.lookup(rec["sensor_uuid"])
         if identity is None:
             self._dead(msg, token, "no_identity", "sensor has no upstream identity in the identity map")
@@ -410,6 +418,26 @@ class Egress:
             self.tracker.finish(token)
             return
         session.put(Work(payloads, token, rec["packet_count"], len(packets), rec["last_ts_ns"]))
+
+    def _repeated(self, msg: Message, lineage: dict | None) -> bool:
+        """True for a second copy of a sanitized source batch within one assignment.
+
+        The sanitizer writes the records of one source partition in source-offset order, so a
+        lineage offset at or below the last one forwarded from the same input partition is a
+        copy: on Apache Kafka only a fenced zombie's; on brokers that show aborted transactions
+        to read_committed readers (the embedded Tansu does) the re-done batches of a crashed
+        sanitizer. Copies are byte-identical, so dropping them loses nothing. The memory is
+        per assignment: after a rebalance records are re-read from the committed offsets and
+        must go out again.
+        """
+        if lineage is None:
+            return False
+        key = (msg.partition(), lineage["topic"], lineage["partition"])
+        last = self._lineage.get(key)
+        if last is not None and lineage["offset"] <= last:
+            return True
+        self._lineage[key] = lineage["offset"]
+        return False
 
     def _session(self, identity: Identity, linktype: int, nsec: bool) -> Session | None:
         """The session for (identity, link type); None when the identity already has another link type.

@@ -799,3 +799,29 @@ def test_hub_ingress_stopped_30_seconds_loses_nothing(kafka_config, unique, tmp_
     print(f"\nhub outage 30 s: {total} packets sent, all on the hub topic in order per sensor; "
           f"{duplicates} duplicates ({duplicates / total:.2%}) over {len(sessions)} hub sessions, "
           f"{reconnects:.0f} failed/lost connections")
+
+
+def test_second_copy_of_a_sanitized_batch_is_not_forwarded(kafka_config, unique, tmp_path):
+    """A batch re-done by a restarted sanitizer (same lineage) goes upstream once."""
+    topic, group = unique("san"), unique("egress")
+    kafka.create_topics(kafka_config, 1, topics=[topic])
+    su = uuidlib.uuid4().hex
+
+    def with_lineage(seqs: range, offset: int) -> bytes:
+        rec = records.decode(batch_record(0, su, seqs), expect="PcapBatch")
+        rec["lineage"] = {"topic": "d4.pcap", "partition": 2, "offset": offset}
+        return records.encode("PcapBatch", rec)
+
+    # offsets 10, 11 (then a crash: the aborted copy of 11 is visible), 11 again, 12
+    values = [(su, with_lineage(range(0, 50), 10)), (su, with_lineage(range(50, 100), 11)),
+              (su, with_lineage(range(50, 100), 11)), (su, with_lineage(range(100, 150), 12))]
+    produce(kafka_config, topic, values)
+    receiver = Receiver({SITE_UUID.bytes: KEY})
+    egress = EgressProcess(tmp_path, kafka_config, topic, group, receiver.port, "--no-tls")
+    try:
+        assert wait_for(lambda: committed_total(kafka_config, group, topic, 1) == len(values), 60), egress.output()
+        assert egress.metric("d4bridge_egress_duplicate_packets_total") == 50
+    finally:
+        assert egress.stop() == 0, egress.output()
+    assert receiver.packet_count() == 150
+    assert check_order_and_duplicates(receiver, {0: 150}) == 0
