@@ -460,3 +460,26 @@ def read_secret_file(path: str | Path, what: str) -> Secret:
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read key file {path}: {exc.strerror}") from None
     return Secret(data.rstrip(b"\r\n"))
+
+
+def reference_markdown() -> str:
+    """Every configuration key with its default and meaning, as a Markdown table (for the README)."""
+    rows = ["| key | default | environment | meaning |", "|---|---|---|---|"]
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+                continue
+            key = f"{prefix}{f.name}"
+            default = "(secret)" if f.metadata.get("secret") else repr(value).replace("|", "\\|")
+            env = "TOML only" if isinstance(value, dict) else f"`{ENV_PREFIX}{key.replace('.', '_').upper()}`"
+            rows.append(f"| `{key}` | `{default}` | {env} | {f.metadata.get('doc', '')} |")
+
+    walk(Config(), "")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")
