@@ -32,8 +32,10 @@ The attack is neither lost nor reported twice.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import json
 import logging
+import signal
 import sys
 import time
 import zlib
@@ -48,7 +50,7 @@ from bridge.backscatter.aggregate import PROFILES, Aggregator, Stats
 from bridge.backscatter.classify import CLASS_NAMES, class_counts, classify, select_records
 from bridge.backscatter.telescope import Telescopes
 from bridge.config import Config
-from bridge.hop import Shutdown, start_hop
+from bridge.hop import start_hop
 
 log = logging.getLogger(__name__)
 
@@ -456,6 +458,7 @@ def run(cfg: Config) -> int:
         print(f"d4-bridge analyze: unknown profile {acfg.profile!r} (one of {', '.join(PROFILES)})", file=sys.stderr)
         return 2
     shutdown = start_hop(cfg, HOP)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where a stuck hop is
     route_topic, state_topic = f"{acfg.out_topic}.packets", f"{acfg.out_topic}.state"
     producer = kafka.make_producer(cfg.kafka, HOP)
     probe = Consumer({"bootstrap.servers": cfg.kafka.bootstrap, "group.id": f"{acfg.group}.probe"})

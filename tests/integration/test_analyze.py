@@ -64,7 +64,13 @@ class Analyzer:
 
     def stop(self, sig: int) -> None:
         self.proc.send_signal(sig)
-        assert self.proc.wait(60) in (0, -signal.SIGKILL), self.err.read_text()[-3000:]
+        try:
+            assert self.proc.wait(60) in (0, -signal.SIGKILL), self.err.read_text()[-3000:]
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # the hop dumps its threads' stacks
+            time.sleep(2)
+            self.proc.kill()
+            raise AssertionError(f"{self.out.stem} did not stop:\n{self.err.read_text()[-6000:]}") from None
 
 
 def _topic_events(kcfg: KafkaConfig, topic: str, group: str) -> list[dict]:
