@@ -42,8 +42,8 @@ BACKLOG_S = 90.0       # rotated files already waiting in the d4-core queue at s
 BACKLOG_RATE = 500.0   # packets/s over the /16 during the backlog (the attacks' share is the same)
 ROTATE_S = 5.0         # d4-core rotates every 300 s; the demo every 5 s so it shows in seconds
 START_TIMEOUT = 60.0
-DRAIN_TIMEOUT = 30.0
-CHECK_TIMEOUT = 120.0  # leakcheck and sanitize-file of the whole run   # give up waiting for the chain to deliver after this long without progress
+DRAIN_TIMEOUT = 30.0   # give up waiting for the chain to deliver after this long without progress
+CHECK_TIMEOUT = 120.0  # leakcheck and sanitize-file of the whole run
 SITE_TUNING = """
 [sanitize]
 # at a few thousand packets/s a transaction fills slowly: close it sooner (latency over overhead)
@@ -411,7 +411,8 @@ def _run(d: Demo, seconds: float) -> dict[str, Any]:
         _say(f"compiled the packet kernels in {time.monotonic() - t0:.0f} s (first run only)")
     _start_hops(d)
     _wait_ready(d)
-    _say(f"ready after {time.monotonic() - t0:.1f} s; feeding the d4-core backlog, then {seconds:.0f} s of live traffic")
+    _say(f"ready after {time.monotonic() - t0:.1f} s; feeding the d4-core backlog, "
+         f"then {seconds:.0f} s of live traffic")
 
     backlog = ds.build_backlog(time.time_ns(), BACKLOG_S, BACKLOG_RATE)
     queue = ds.D4CoreQueue(backlog, ds.HEADER, d.work / "d4-core-data", redis.Redis.from_url(_redis_url(d, 2)),
