@@ -31,6 +31,7 @@ import io
 import ipaddress
 import json
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -195,7 +196,7 @@ _COLUMNS = {  # name: (dtype, extra shape)
     "last": (np.int64, ()), "mism": (np.int64, ()), "head": (np.int64, ()), "max_ppm": (np.int64, ()),
     "tele0": (np.uint32, ()), "port0": (np.uint16, ()), "spoofed0": (np.uint16, ()), "site0": (np.int32, ()),
     "sensor0": (np.int32, ()), "declared": (np.bool_, ()), "seq": (np.int64, ()), "emitted_last": (np.int64, ()),
-    "attack_first": (np.int64, ()), "classes": (np.int64, (_BS_CLASSES,)),
+    "attack_first": (np.int64, ()), "classes": (np.int64, (_BS_CLASSES,)), "live": (np.bool_, ()),
 }
 
 
@@ -283,8 +284,7 @@ class Aggregator:
 
     def finish(self) -> list[dict[str, Any]]:
         """End of input: expire every vector (final events for declared attacks)."""
-        live = np.array(sorted(self.index.values()), dtype=np.int64)
-        return self._expire(live)
+        return self._expire(self._live_rows())
 
     # ------------------------------------------------------------------ internals
 
@@ -308,6 +308,10 @@ class Aggregator:
             self.cols[name] = col
         self.free = list(range(rows - 1, old - 1, -1)) + self.free
 
+    def _live_rows(self) -> np.ndarray:
+        """Rows holding a vector, ascending."""
+        return np.nonzero(self.cols["live"])[0]
+
     def _site_index(self, site: str) -> int:
         if site not in self.sites:
             self.sites.append(site)
@@ -324,19 +328,20 @@ class Aggregator:
         keys = (cols.victim[idx].astype(np.uint64) << np.uint64(8)) | cols.proto[idx].astype(np.uint64)
         uniq, inverse = np.unique(keys, return_inverse=True)
         inverse = inverse.reshape(-1)
-        get = self.index.get
-        rows = np.fromiter((get(k, -1) for k in uniq.tolist()), np.int64, uniq.size)
+        key_list = uniq.tolist()
+        rows = np.array(list(map(self.index.get, key_list, repeat(-1, len(key_list)))), dtype=np.int64)
         new = np.nonzero(rows < 0)[0]
         if new.size > len(self.free):
             self._grow(max(2 * self.capacity, self.capacity + new.size - len(self.free)))
         if new.size > len(self.free):
             events += self._evict(new.size - len(self.free), protect=rows[rows >= 0])
-        for j in new.tolist():
-            r = self.free.pop()
-            rows[j] = r
-            key = int(uniq[j])
-            self.index[key] = r
-            c["key"][r] = key
+        if new.size:
+            taken = self.free[-new.size:][::-1]  # the rows pop() would hand out, in that order
+            del self.free[-new.size:]
+            rows[new] = taken
+            c["key"][taken] = uniq[new]
+            c["live"][taken] = True
+            self.index.update(zip(uniq[new].tolist(), taken))
         before = c["packets"][rows].copy()
         _update(rows[inverse], cols.ts_ns[idx], cols.ip_len[idx], cols.mismatch[idx], cols.cls[idx],
                 cols.telescope[idx], cols.port[idx], cols.spoofed_port[idx],
@@ -406,7 +411,7 @@ class Aggregator:
         if wm < self.swept_at + int(self.config.bucket_s * _NS):
             return []
         self.swept_at = wm
-        rows = np.fromiter(self.index.values(), np.int64, len(self.index))
+        rows = self._live_rows()
         idle = rows[self.cols["last"][rows] < wm - int(self.config.idle_timeout_s * _NS)]
         self.stats.expired += int(idle.size)
         return self._expire(idle)
@@ -426,7 +431,7 @@ class Aggregator:
     def _evict(self, needed: int, protect: np.ndarray) -> list[dict[str, Any]]:
         """Free rows when the table is full: least recently seen first, declared attacks last."""
         c = self.cols
-        rows = np.fromiter(self.index.values(), np.int64, len(self.index))
+        rows = self._live_rows()
         rows = rows[~np.isin(rows, protect)]
         order = np.lexsort((c["key"][rows], c["last"][rows], c["declared"][rows]))
         count = min(rows.size, max(needed, self.config.max_victims // 16))
@@ -486,7 +491,7 @@ class Aggregator:
 
     def snapshot(self) -> bytes:
         """Serialize the whole state (live rows, details, dedup memory, watermark)."""
-        rows = np.array(sorted(self.index.values()), dtype=np.int64)
+        rows = self._live_rows()
         arrays = {f"col_{name}": col[rows] for name, col in self.cols.items()}
         live = (self.dedup_h != 0) & (self.dedup_t >= self._dedup_horizon)
         arrays["dedup_h"] = self.dedup_h[live]
