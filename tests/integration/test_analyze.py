@@ -73,18 +73,18 @@ class Analyzer:
             raise AssertionError(f"{self.out.stem} did not stop:\n{self.err.read_text()[-6000:]}") from None
 
 
-def _topic_events(kcfg: KafkaConfig, topic: str, group: str) -> list[dict]:
+def _topic_records(kcfg: KafkaConfig, topic: str, group: str, schema: str) -> list[dict]:
     consumer = Consumer(kafka.consumer_conf(kcfg, "test", group) | {"enable.partition.eof": True})
     consumer.subscribe([topic])
-    events, idle = [], time.monotonic()
+    out, idle = [], time.monotonic()
     while time.monotonic() - idle < 5:
         msg = consumer.poll(0.5)
         if msg is None or (msg.error() and msg.error().code() == KafkaError._PARTITION_EOF):
             continue
-        events.append(records.decode(msg.value(), expect="BackscatterEvent"))
+        out.append(records.decode(msg.value(), expect=schema))
         idle = time.monotonic()
     consumer.close()
-    return events
+    return out
 
 
 class Hub:
@@ -121,7 +121,7 @@ class Hub:
     def check(self, runs: list[Analyzer]) -> None:
         """Every attack once: one declared, updates, one final with every packet counted once."""
         printed = [e for run in runs for e in run.events()]
-        published = _topic_events(self.kcfg, self.out_topic, self.unique("check"))
+        published = _topic_records(self.kcfg, self.out_topic, self.unique("check"), "BackscatterEvent")
         for events in (printed, published):
             idents = [(e["attack_id"], e["status"], e["seq"]) for e in events]
             assert len(idents) == len(set(idents)), "an event was reported twice"
@@ -149,6 +149,8 @@ def _finals(events: list[dict]) -> int:
 
 def test_three_sites_crash_and_restarts_mid_attack(tmp_path: Path, kafka_config: KafkaConfig, unique) -> None:
     hub = Hub(tmp_path, kafka_config, unique)
+    kafka.create_topics(kafka_config, 1, topics=[kafka.TOPIC_DLQ])
+    hub.producer.produce(hub.in_topic, b"not a PcapBatch", key=b"x")  # goes to the dead-letter topic
     # 1: attacks under way; crash (SIGKILL) before any snapshot: the restart must replay everything
     hub.produce_until(150)
     first = hub.start("run1", 3600)
@@ -167,6 +169,9 @@ def test_three_sites_crash_and_restarts_mid_attack(tmp_path: Path, kafka_config:
     third.stop(signal.SIGTERM)
     assert _declared(second.events()) == 0 and _declared(third.events()) == 0
     hub.check([first, second, third])
+    dead = [r for r in _topic_records(kafka_config, kafka.TOPIC_DLQ, unique("dlq"), "DeadLetter")
+            if r["source_topic"] == hub.in_topic]
+    assert dead and {(r["hop"], r["payload"]) for r in dead} == {("analyze", b"not a PcapBatch")}
 
 
 def test_rebalance_to_a_second_analyzer_mid_attack(tmp_path: Path, kafka_config: KafkaConfig, unique) -> None:
