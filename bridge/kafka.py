@@ -222,11 +222,17 @@ def make_consumer(
 
 
 def create_topics(kcfg: KafkaConfig, partitions: int, replication: int = 1,
-                  topics: Iterable[str] = STANDARD_TOPICS, timeout: float = 30.0) -> dict[str, str]:
-    """Create topics idempotently; return topic -> 'created' | 'exists'."""
+                  topics: Iterable[str] = STANDARD_TOPICS, timeout: float = 30.0,
+                  config: dict[str, str] | None = None) -> dict[str, str]:
+    """Create topics idempotently; return topic -> 'created' | 'exists'.
+
+    ``config`` holds topic settings for the new topics (e.g. ``cleanup.policy=compact``);
+    an existing topic is left as it is.
+    """
     admin = AdminClient({k: v for k, v in _base(kcfg, "topics").items() if k not in ("stats_cb", "statistics.interval.ms")})
     wanted = list(topics)
-    futures = admin.create_topics([NewTopic(t, partitions, replication) for t in wanted], operation_timeout=timeout)
+    futures = admin.create_topics([NewTopic(t, partitions, replication, config=dict(config or {})) for t in wanted],
+                                 operation_timeout=timeout)
     result: dict[str, str] = {}
     for topic, future in futures.items():
         try:

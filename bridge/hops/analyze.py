@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from bridge import kafka, metrics, records
 from bridge.backscatter.aggregate import PROFILES, Aggregator, Stats
@@ -432,20 +431,6 @@ def _poll(consumer: Consumer, max_records: int) -> list[Message]:
     return good
 
 
-def _create_compacted(cfg: Config, topic: str) -> None:
-    """Create the one-partition state topic with log compaction (only the latest value per key is kept).
-
-    bridge.kafka.create_topics takes no topic configuration, hence the direct admin call.
-    """
-    admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap})
-    future = admin.create_topics([NewTopic(topic, 1, 1, config={"cleanup.policy": "compact"})])[topic]
-    try:
-        future.result(30)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise
-
-
 def run(cfg: Config) -> int:
     """Run both stages until SIGTERM/SIGINT; return the exit status."""
     acfg = cfg.analyze
@@ -465,7 +450,8 @@ def run(cfg: Config) -> int:
     try:
         # the repartition topic gets as many partitions as the input (one existing from before keeps its own)
         kafka.create_topics(cfg.kafka, _partitions(probe, acfg.topic), topics=[route_topic, acfg.out_topic])
-        _create_compacted(cfg, state_topic)
+        # compacted: only the latest snapshot per key is needed to restore
+        kafka.create_topics(cfg.kafka, 1, topics=[state_topic], config={"cleanup.policy": "compact"})
         partitions = _partitions(probe, route_topic)
     except RuntimeError as exc:
         print(f"d4-bridge analyze: {exc} (create it with `d4-bridge topics`)", file=sys.stderr)

@@ -40,6 +40,20 @@ def _records(g: T.GeneratedTraffic, site: str, per_batch: int = 200) -> list[tup
     return out
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans():
+    """A test that fails half-way must not leave analyzers running after it."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 class Analyzer:
     """One `d4-bridge analyze` process with its stdout in a file."""
 
@@ -49,6 +63,7 @@ class Analyzer:
         self.proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "analyze", *args],
                                      stdout=self.out.open("w"), stderr=self.err.open("w"),
                                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        _STARTED.append(self.proc)
 
     def events(self) -> list[dict]:
         return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
