@@ -26,9 +26,11 @@ pytestmark = pytest.mark.system
 
 RSS_LIMIT_MB = 300  # the bound for every hop
 # Growth allowed above the warm RSS while 10x the buffer passes: two buffers (one being filled,
-# one being handed on) plus the Kafka client's fetch/produce queues and allocator slack. A hop
-# that held the backlog would grow by the backlog itself (FACTOR buffers) and fail.
-SLACK_MB = 60
+# one being handed on) plus what the Kafka client may hold while the hop runs at full speed
+# (librdkafka's fetch queue, and for hops that produce the producer queue, bounded at 64 MB by
+# kafka.queue_max_kbytes) and allocator slack. A hop that held the backlog would grow by the
+# backlog itself (FACTOR buffers) on top of that and fail.
+SLACK_MB = 80
 
 
 @pytest.fixture(scope="module")
