@@ -42,7 +42,7 @@ from bridge.backscatter.telescope import Telescopes
 
 _NS = 1_000_000_000
 _BS_CLASSES = len(CLASS_NAMES) - FIRST_BACKSCATTER
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2  # 2: the col_live column
 _NEVER = int(np.iinfo(np.int64).min)
 _INITIAL_ROWS = 4096  # the table doubles up to max_victims as victims appear
 

@@ -285,12 +285,20 @@ class Detector:
         if manifest is not None:
             parts = [chunks.get(self._chunk_key(p, manifest["slot"], i)) for i in range(manifest["chunks"])]
             blob = b"".join(c[8:] for c in parts if c is not None and int.from_bytes(c[:8], "little") == manifest["id"])
-            if zlib.crc32(blob) != manifest["crc"]:
-                raise RuntimeError(f"analyze: snapshot {manifest['id']} of partition {p} is incomplete")
-            agg = Aggregator.restore(blob, self.telescopes, self.detector_config)
-            offset = manifest["input_offset"]
-            out_offsets.update({int(i): o for i, o in manifest["output_offsets"].items()})
-            self.snapshot_ids[p] = manifest["id"]
+            try:
+                if zlib.crc32(blob) != manifest["crc"]:
+                    raise ValueError("incomplete (checksum mismatch)")
+                agg = Aggregator.restore(blob, self.telescopes, self.detector_config)
+            except (ValueError, KeyError) as exc:
+                # A snapshot this version cannot read (older format, damage) must not crash-loop
+                # the hop: rebuild the state by replaying the partition from its start instead.
+                # Events already published are recognised below and not sent again.
+                log.error("analyze: snapshot %d of partition %d unusable (%s); replaying the partition from the start",
+                          manifest["id"], p, exc)
+            else:
+                offset = manifest["input_offset"]
+                out_offsets.update({int(i): o for i, o in manifest["output_offsets"].items()})
+            self.snapshot_ids[p] = manifest["id"]  # the next snapshot takes the other slot either way
         self.aggregators[p] = agg or Aggregator(self.telescopes, self.detector_config)
         self.next_offset[p] = offset
         self.out_next[p] = dict(out_offsets)
@@ -301,7 +309,7 @@ class Detector:
                 published.add((e["attack_id"], e["status"], e["seq"]))
         self.suppress[p] = published
         log.info("analyze: partition %d restored (%s, input offset %s, %d events already published since)",
-                 p, "snapshot %d" % manifest["id"] if manifest else "no snapshot", offset, len(published))
+                 p, "snapshot %d" % manifest["id"] if agg else "no usable snapshot", offset, len(published))
 
     @staticmethod
     def _chunk_key(p: int, slot: int, i: int) -> bytes:

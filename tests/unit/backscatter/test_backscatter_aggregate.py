@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 
@@ -209,3 +212,17 @@ def test_replays_are_dropped_but_retransmissions_counted() -> None:
     assert agg.stats.duplicates == 100
     [final] = agg.finish()
     assert final["packets"] == g.truth[0].observed_packets + classify(bytes(retrans)).count
+
+
+def test_snapshot_of_another_version_is_refused_not_misread() -> None:
+    """The analyze hop replays the partition when restore refuses; it must refuse, never misread."""
+    blob = Aggregator(Telescopes(["10.1.0.0/16"])).snapshot()
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["version"] = -1
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    with pytest.raises(ValueError, match="snapshot version"):
+        Aggregator.restore(buf.getvalue(), Telescopes(["10.1.0.0/16"]))
