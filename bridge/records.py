@@ -25,7 +25,8 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from bridge.assembler import PcapChunkBatch
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# bridge/schemas links to the top-level schemas/ in the source tree and is a copy in an installed package
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SCHEMA_NAMES = ("PcapBatch", "D4Record", "DeadLetter", "BackscatterEvent")
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
