@@ -104,7 +104,8 @@ def read_chunks(stream: BinaryIO, stop: Shutdown, interval: float = FLUSH_INTERV
 def send_pcap(sender: D4Sender, chunks: Iterator[bytes], assembler: PcapAssembler) -> None:
     """Feed a pcap byte stream through the assembler; send each batch of whole records."""
     for chunk in chunks:
-        batches = assembler.feed(chunk) if chunk else assembler.flush_due()
+        # the age limit holds for a slow steady trickle too, not only when the input pauses
+        batches = (assembler.feed(chunk) if chunk else []) + assembler.flush_due()
         for batch in batches:
             sender.send(batch.packets)
     for batch in assembler.close():
