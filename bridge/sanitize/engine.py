@@ -206,8 +206,10 @@ class Sanitizer:
         recs, verdict, reason, newcap = recs[:count], verdict[:count], reason[:count], newcap[:count]
         v4, v6, mac, cs = v4[:nv4], v6[:nv6], mac[:nmac], cs[:ncs]
 
-        inv = v4[:, 3].astype(np.uint32) * np.uint32(0xFFFFFFFF)
-        new4 = self._addr.map_v4(v4[:, 4].astype(np.uint32), v4[:, 2]) ^ inv
+        new4 = self._addr.map_v4(v4[:, 4].astype(np.uint32), v4[:, 2])
+        enc = v4[:, 3]  # re-encode as the site stores it (layout.ENC_*); uint32 wraps mod 2^32
+        new4 ^= (enc == layout.ENC_INVERTED).astype(np.uint32) * np.uint32(0xFFFFFFFF)
+        new4 += (enc == layout.ENC_PLUS1).astype(np.uint32)
         hi, lo = self._addr.map_v6(v6[:, 3].astype(np.uint64), v6[:, 4].astype(np.uint64), v6[:, 2])
         new6 = np.stack((hi, lo), axis=1)
         newmac = self._mac.map_rows(buf[mac[:, 0, None] + np.arange(6)]) if nmac else np.zeros((0, 6), np.uint8)

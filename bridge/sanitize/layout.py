@@ -44,8 +44,12 @@ REASONS = (
 # packet verdicts in scan's output
 V_KEEP, V_CUT, V_DROP = 0, 1, 2
 
+# how an IPv4 site stores its address (v4 column 3): as is, bit-inverted (Teredo client), or
+# plus one modulo 2^32 (a TCP acknowledgment number answering a sequence number that held it)
+ENC_PLAIN, ENC_INVERTED, ENC_PLUS1 = 0, 1, 2
+
 # column layout of the site tables
-# v4: off, pkt, role, inverted, value (big-endian uint32, un-inverted)
+# v4: off, pkt, role, encoding (ENC_*), value (the address: big-endian uint32, decoded)
 # v6: off, pkt, role, high 64 bits, low 64 bits (bit patterns)   mac: off, pkt
 # cs: pkt, field, start, end, ps_src, ps_dst, ps_len, udp
 CS_COLS = 8

@@ -4,7 +4,11 @@ Two passes over a batch of canonical pcap records (16-byte little-endian record 
 captured bytes):
 
 `scan` walks each packet's header chain once and records, without writing anything,
-  - address sites: byte offset, family, role (src / dst / other), stored-inverted flag;
+  - address sites: byte offset, family, role (src / dst / other), encoding (as is, inverted,
+    plus one); besides the address fields, a TCP sequence number equal to an IPv4 address of
+    its IP header, or an acknowledgment number equal to one plus it, is an address site too
+    (Mirai-style scanners send seq == destination; the SYN-ACK/RST answering carries ack ==
+    that + 1), mapped with the same role so it stays equal to the mapped address;
   - MAC sites (when the policy touches MACs);
   - checksum entries: checksum field, the byte range it covers, and the pseudo-header
     address fields it depends on;
@@ -25,7 +29,8 @@ import numpy as np
 from numba import njit
 
 from bridge.sanitize.layout import (  # noqa: F401 (re-exported for callers of the JIT module)
-    CS_COLS, R_ARP, R_BAD_IP, R_BAD_OPT, R_ETHERTYPE, R_FRAG, R_GRE, R_HOMEADDR, R_ICMP, R_ICMP6, R_L2ADDR, R_NEST,
+    CS_COLS, ENC_INVERTED, ENC_PLAIN, ENC_PLUS1, R_ARP, R_BAD_IP, R_BAD_OPT, R_ETHERTYPE, R_FRAG, R_GRE, R_HOMEADDR,
+    R_ICMP, R_ICMP6, R_L2ADDR, R_NEST,
     R_ND_OPT, R_OK, R_PAYLOAD, R_PROTO, R_ROUTING, R_SRCROUTE, R_TEREDO, R_TRUNC_EXT, R_TRUNC_IP, R_TRUNC_L2,
     R_TRUNC_L4, REASONS, ROLE_DST, ROLE_OTHER, ROLE_SRC, V_CUT, V_DROP, V_KEEP,
 )
@@ -44,7 +49,12 @@ def _u16(buf, i):
 
 
 @njit(cache=True, inline="always")
-def _add_v4(v4, n, off, pkt, role, inv):
+def _u32(buf, i):
+    return (np.int64(buf[i]) << 24) | (np.int64(buf[i + 1]) << 16) | (np.int64(buf[i + 2]) << 8) | np.int64(buf[i + 3])
+
+
+@njit(cache=True, inline="always")
+def _add_v4(v4, n, off, pkt, role, enc):
     k = n[0]
     if k >= v4.shape[0]:
         n[4] = 1
@@ -52,7 +62,7 @@ def _add_v4(v4, n, off, pkt, role, inv):
     v4[k, 0] = off
     v4[k, 1] = pkt
     v4[k, 2] = role
-    v4[k, 3] = inv
+    v4[k, 3] = enc
     n[0] = k + 1
 
 
@@ -94,6 +104,32 @@ def _add_cs(cs, n, pkt, field, start, end, ps_src, ps_dst, ps_len, udp):
     cs[k, 6] = ps_len
     cs[k, 7] = udp
     n[3] = k + 1
+
+
+@njit(cache=True)
+def _tcp_numbers(buf, v4, n, p, plim, ip_src, ip_dst, pkt):
+    """Record the TCP sequence / acknowledgment numbers at p that encode an address of their
+    IPv4 header (ip_src, ip_dst: offsets of its address fields) as IPv4 sites, as far as the
+    (possibly quoted, truncated) header [p, plim) holds them. Recorded whatever the policy: an
+    address the policy leaves alone maps to itself, so the number is left alone too."""
+    if p + 8 > plim:
+        return
+    src = _u32(buf, ip_src)
+    dst = _u32(buf, ip_dst)
+    seq = _u32(buf, p + 4)
+    # destination first: when src == dst the role decides which map applies; scanners put dst
+    if seq == dst:
+        _add_v4(v4, n, p + 4, pkt, ROLE_DST, ENC_PLAIN)
+    elif seq == src:
+        _add_v4(v4, n, p + 4, pkt, ROLE_SRC, ENC_PLAIN)
+    # ACK flag: the ack number is meaningful. Checked in quoted headers too where the quote
+    # reaches the flags (RFC 1812 routers and Linux quote more than 8 bytes)
+    if p + 14 <= plim and (buf[p + 13] & 0x10) != 0:
+        ack = (_u32(buf, p + 8) - 1) & 0xFFFFFFFF
+        if ack == dst:
+            _add_v4(v4, n, p + 8, pkt, ROLE_DST, ENC_PLUS1)
+        elif ack == src:
+            _add_v4(v4, n, p + 8, pkt, ROLE_SRC, ENC_PLUS1)
 
 
 @njit(cache=True)
@@ -345,6 +381,8 @@ def _walk(buf, d, end, linktype, pkt, mac_on, v4, v6, mac, cs, n):
                     return R_OK, p
                 return R_FRAG, p
             if proto == 6:
+                if not is_v6:
+                    _tcp_numbers(buf, v4, n, p, plim, ps_src, ps_dst, pkt)
                 if p + 18 <= plim:
                     _add_cs(cs, n, pkt, p + 16, p, plim, ps_src, ps_dst, ps_len, 0)
                 if p + 13 <= plim:
@@ -366,7 +404,7 @@ def _walk(buf, d, end, linktype, pkt, mac_on, v4, v6, mac, cs, n):
                 if tp + 2 <= plim and buf[tp] == 0 and buf[tp + 1] == 0:
                     if tp + 8 > plim:
                         return R_TRUNC_L4, tp
-                    _add_v4(v4, n, tp + 4, pkt, ROLE_OTHER, 1)
+                    _add_v4(v4, n, tp + 4, pkt, ROLE_OTHER, ENC_INVERTED)
                     tp += 8
                 if tp + 2 <= plim and buf[tp] == 0 and buf[tp + 1] == 1:
                     return R_TEREDO, tp
@@ -653,11 +691,15 @@ def scan(buf, linktype, mac_on, payload_keep, cut_unparseable, recs, verdict, re
                 cs[k] = cs[j]
                 k += 1
         n[3] = k
-    # values of the IPv4 sites (stored inverted ones un-inverted), for the vectorized mapping
+    # values of the IPv4 sites (decoded), for the vectorized mapping
     for k in range(n[0]):
-        off = v4[k, 0]
-        val = (np.int64(buf[off]) << 24) | (np.int64(buf[off + 1]) << 16) | (np.int64(buf[off + 2]) << 8) | np.int64(buf[off + 3])
-        v4[k, 4] = val ^ 0xFFFFFFFF if v4[k, 3] else val
+        val = _u32(buf, v4[k, 0])
+        enc = v4[k, 3]
+        if enc == ENC_INVERTED:
+            val ^= 0xFFFFFFFF
+        elif enc == ENC_PLUS1:
+            val = (val - 1) & 0xFFFFFFFF
+        v4[k, 4] = val
     for k in range(n[1]):
         off = v6[k, 0]
         for half in range(2):

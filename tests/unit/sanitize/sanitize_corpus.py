@@ -60,8 +60,9 @@ def _pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
     return src + dst + struct.pack("!IxxxB", length, proto)
 
 
-def tcp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes = b"", flags: int = 0x12) -> bytes:
-    h = struct.pack("!HHIIBBHHH", sport, dport, 1000, 2000, 5 << 4, flags, 8192, 0, 0) + payload
+def tcp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes = b"", flags: int = 0x12, seq: int = 1000,
+        ack: int = 2000) -> bytes:
+    h = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 8192, 0, 0) + payload
     return _set16(h, 16, csum(_pseudo(src, dst, 6, len(h)) + h))
 
 
