@@ -378,8 +378,12 @@ class RawScanner:
 
 
 def _raw_forms(raw: bytes) -> set[bytes]:
-    """An address as raw bytes, plus the inverted form Teredo stores a client address in."""
-    return {raw, bytes(b ^ 0xFF for b in raw)} if len(raw) == 4 else {raw}
+    """An address as raw bytes, plus the forms it hides in: bit-inverted (a Teredo client) and,
+    for IPv4, plus one (the TCP ack answering a sequence number that held the address)."""
+    if len(raw) != 4:
+        return {raw}
+    plus_one = ((int.from_bytes(raw, "big") + 1) & 0xFFFFFFFF).to_bytes(4, "big")
+    return {raw, bytes(b ^ 0xFF for b in raw), plus_one}
 
 
 def leakcheck(orig: str | Path, sanitized: str | Path, private: list[str]) -> LeakReport:

@@ -55,3 +55,16 @@ def test_structural_leak_is_found(tmp_path) -> None:
     write(tmp_path / "s.pcap", orig)  # not sanitized at all
     report = leakcheck(tmp_path / "o.pcap", tmp_path / "s.pcap", ["10.0.0.0/8"])
     assert any(f.kind == "structural" and f.address == "10.1.0.5" for f in report.leaks)
+
+
+def test_own_address_plus_one_in_tcp_ack_is_a_leak(tmp_path) -> None:
+    def syn_ack(dst: str, ack: int) -> bytes:
+        tcp = dpkt.tcp.TCP(sport=23, dport=40000, seq=7, ack=ack, flags=dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK)
+        ip = dpkt.ip.IP(src=socket.inet_aton("198.51.100.7"), dst=socket.inet_aton(dst), p=6, ttl=50, data=tcp)
+        ip.len = len(ip)
+        return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=ip))
+
+    write(tmp_path / "o.pcap", [(1_000, syn_ack("10.1.245.33", addr("10.1.245.33") + 1))])
+    write(tmp_path / "s.pcap", [(1_000, syn_ack("192.168.245.33", addr("10.1.245.33") + 1))])
+    report = leakcheck(tmp_path / "o.pcap", tmp_path / "s.pcap", ["10.0.0.0/8"])
+    assert [(f.kind, f.where) for f in report.leaks] == [("raw", "byte 42")]
