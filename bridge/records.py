@@ -188,6 +188,17 @@ def pcap_batch(
     }
 
 
+MAX_DEAD_LETTER_TEXT = 4096
+MAX_DEAD_LETTER_PAYLOAD = 900_000  # with the clipped text fields, far below the 1,000,000-byte record limit
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    """Cut a text to ``limit`` characters, saying how long it was."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 def dead_letter(
     hop: str,
     reason: str,
@@ -200,16 +211,25 @@ def dead_letter(
     key: bytes | None = None,
     payload: bytes | None = None,
 ) -> dict[str, Any]:
-    """Build a DeadLetter record."""
+    """Build a DeadLetter record that always fits in one Kafka record.
+
+    Refused input can be arbitrarily large (a "path" of megabytes on a Redis queue, a huge
+    payload): text fields are clipped and an oversized payload is left out, saying so, so
+    that reporting bad input can never fail in its turn.
+    """
+    detail = _clip(detail, MAX_DEAD_LETTER_TEXT) or ""
+    if payload is not None and len(payload) > MAX_DEAD_LETTER_PAYLOAD:
+        detail = f"{detail} (payload of {len(payload)} bytes not kept: too large)"
+        payload = None
     return {
         "hop": hop,
-        "reason": reason,
+        "reason": _clip(reason, 200),
         "detail": detail,
+        "file_path": _clip(file_path, MAX_DEAD_LETTER_TEXT),
         "created_ns": now_ns(),
         "source_topic": source_topic,
         "source_partition": source_partition,
         "source_offset": source_offset,
-        "file_path": file_path,
-        "key": key,
+        "key": key if key is None or len(key) <= MAX_DEAD_LETTER_TEXT else key[:MAX_DEAD_LETTER_TEXT],
         "payload": payload,
     }

@@ -33,8 +33,6 @@ from bridge.sanitize.policy import Policy, PolicyError, policy_from_config
 log = logging.getLogger(__name__)
 
 HOP = "sanitize"
-# dead letters keep the refused bytes (they stay on this private site's broker) when they fit
-MAX_DLQ_PAYLOAD = 900_000
 
 
 @dataclass
@@ -80,7 +78,8 @@ def sanitize_record(sanitizer: Sanitizer, msg: Message, tally: Tally) -> tuple[s
     where = {"source_topic": msg.topic(), "source_partition": msg.partition(), "source_offset": msg.offset(),
              "key": msg.key()}
     value = msg.value() or b""
-    payload = value if len(value) <= MAX_DLQ_PAYLOAD else None
+    # dead letters keep the refused bytes (they stay on this private site's broker) when they fit
+    payload = value
     try:
         rec = records.decode(value, expect="PcapBatch")
     except records.RecordError as exc:

@@ -86,3 +86,15 @@ def test_v1_record_read_by_v2_with_optional_field(tmp_path) -> None:
     v2.add_schema("PcapBatch", v1.schemas["PcapBatch"])  # the reader knows the old writer schema
     rec = v2.decode(data, expect="PcapBatch")
     assert rec["vlan_policy"] is None and rec["seq"] == 7
+
+
+def test_dead_letter_of_huge_input_still_fits_one_record(codec: Codec) -> None:
+    rec = dead_letter("queue", "missing", "x" * 3_000_000, file_path="/" + "p" * 3_000_000,
+                      payload=b"z" * 2_000_000, key=b"k" * 10_000)
+    data = codec.encode("DeadLetter", rec)
+    assert len(data) < 100_000
+    back = codec.decode(data, expect="DeadLetter")
+    assert back["payload"] is None and "2000000 bytes not kept" in back["detail"]
+    assert back["file_path"].endswith("(3000001 characters)")
+    small = dead_letter("sanitize", "bad_pcap", "short", payload=b"abc", file_path="/a")
+    assert small["payload"] == b"abc" and small["file_path"] == "/a" and small["detail"] == "short"
