@@ -28,7 +28,7 @@ from bridge.d4.frame import HEADER_SIZE, MAX_PAYLOAD, FrameSigner
 from bridge.d4.keys import is_uuid_v4
 from bridge.pcap import global_header, pack_record, record_offsets
 
-from system.harness import HopProcess, metric, read_topic, rss_mb, wait_metrics
+from system.harness import HopProcess, by_label, metric, read_topic, rss_mb, wait_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -235,7 +235,7 @@ def good_sensor(ingress: Ingress) -> GoodSensor:
 
 
 def rejection_counts(ingress: Ingress) -> dict[str, float]:
-    return {dict(lab)["reason"]: v for (n, lab), v in ingress.hop.metrics().items() if n == REJECTIONS}
+    return by_label(ingress.hop.metrics(), REJECTIONS, "reason")
 
 
 def wait_counted(ingress: Ingress, before: dict[str, float], n: int, timeout: float = 5.0) -> dict[str, float]:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from bridge import kafka
 from bridge.pcap import global_header, pack_record
 
-from system.harness import HopProcess, read_topic, rss_mb, wait_metrics
+from system.harness import HopProcess, by_label, read_topic, rss_mb, wait_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ class QueueHop:
         self.bad_items = 0
 
     def failures(self) -> dict[str, float]:
-        return {dict(lab)["reason"]: v for (n, lab), v in self.hop.metrics().items() if n == FAILURES}
+        return by_label(self.hop.metrics(), FAILURES, "reason")
 
     def idle(self, timeout: float = 60.0) -> None:
         """Wait until the queue and every processing list are empty."""

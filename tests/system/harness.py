@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,10 @@ from typing import Iterable
 
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import records
+from bridge.demo_procs import Samples, by_label, scrape  # noqa: F401  (by_label: for the tests)
+from bridge.demo_procs import value as metric
 from bridge.broker import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ class HopProcess:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
-    def metrics(self, timeout: float = 2.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def metrics(self, timeout: float = 2.0) -> Samples:
         """Scrape /metrics: {(sample name, sorted labels): value}."""
         return scrape(self.metrics_port, timeout)
 
@@ -157,23 +157,6 @@ def sanitize_workers(pid: int) -> list[int]:
         if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
             out.append(int(child))
     return sorted(out)
-
-
-def scrape(port: int, timeout: float = 2.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Prometheus samples of a /metrics endpoint."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
-        text = resp.read().decode()
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def metric(samples: dict, name: str, **labels: str) -> float:
-    """Sum of the samples named ``name`` whose labels include ``labels``."""
-    want = set(labels.items())
-    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
 
 
 def wait_metrics(hop: HopProcess, timeout: float = 60.0) -> dict:
