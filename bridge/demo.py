@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from bridge import demo_sources as ds
+from bridge.backscatter.aggregate import warm_up as warm_analyzer
 from bridge.broker import BrokerError, broker_command, free_port, wait_for_port
 from bridge.config import Config, KafkaConfig
 from bridge.d4.tls import self_signed_pem
@@ -56,8 +57,6 @@ session_timeout_ms = 6000
 heartbeat_interval_ms = 500
 statistics_interval_ms = 1000
 linger_ms = 5
-# consumers ask the broker for new records at least every 100 ms (librdkafka waits 500 ms by default)
-extra = { "fetch.wait.max.ms" = 100 }
 """
 SANITIZERS = 2
 CONSUMER_HOPS = ("sanitize-1", "sanitize-2", "egress", "analyze")
@@ -128,30 +127,20 @@ def _tls(work: Path, name: str) -> tuple[Path, Path]:
     return _write_secret(work / f"{name}.pem", pem), _write_secret(work / f"{name}-ca.crt", cert)
 
 
-def _start_warm_up(d: Demo) -> tuple[Part, bytes]:
+def _start_warm_up(d: Demo) -> Part:
     """Compile the numba packet kernels once, before the hops need them.
 
     numba caches compiled code on disk; on a fresh checkout nothing is cached yet and every
     process would compile the same kernels at once (the sanitizer's take ~30 s alone, long
     enough for a consumer to miss its poll deadline). One ``sanitize-file`` run with the
-    demo's policy fills the sanitizer's cache; ``_warm_analyzer`` does the analyzer's.
+    demo's policy fills the sanitizer's cache; the analyzer's is filled in this process.
     """
     sample, _ = ds.build_live(time.time_ns(), 1.0, 300.0, seed=1)
     packets = b"".join(src.packets for src in sample.values())
     write_pcap(d.work / "warm-up.pcap", ds.HEADER, packets)
     part = d.cli("warm-up", "sanitize-file", "warm-up.pcap", "warm-up-out.pcap", "--pnat", ds.PNAT,
                  metrics=False, one_shot=True)
-    return part, packets
-
-
-def _warm_analyzer(packets: bytes) -> None:
-    """Run the backscatter classifier and aggregator once on ``packets`` (fills their numba cache)."""
-    from bridge.backscatter.aggregate import Aggregator
-    from bridge.backscatter.classify import classify
-    from bridge.backscatter.telescope import Telescopes
-
-    columns = classify(packets, ds.HEADER.linktype, ds.HEADER.nsec)
-    Aggregator(Telescopes([ds.SITE_TELESCOPE])).process(columns, "warm-up", "warm-up")
+    return part
 
 
 def _start_infrastructure(d: Demo) -> None:
@@ -402,9 +391,9 @@ def run(cfg: Config) -> int:
 def _run(d: Demo, seconds: float) -> dict[str, Any]:
     t0 = time.monotonic()
     _say(f"d4-bridge demo: starting brokers, redis-server and the hops (work dir {d.work})")
-    warm_up, sample = _start_warm_up(d)
+    warm_up = _start_warm_up(d)
     _start_infrastructure(d)
-    _warm_analyzer(sample)
+    warm_analyzer()
     if d.sup.wait(warm_up, CHECK_TIMEOUT) != 0:
         raise DemoError(f"sanitize-file failed on the warm-up sample:\n{warm_up.log_tail()}")
     if time.monotonic() - t0 > 15:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from bridge.pcap import MAX_SNAPLEN, PcapFormatError, global_header
+from bridge.pcap import MAX_SNAPLEN, PcapFormatError, global_header, pack_record
 
 # The session header announces the largest snaplen libpcap knows: sensors with different
 # snaplens can share an upstream session, and a receiver refuses records longer than it.
@@ -101,3 +101,11 @@ def convert_precision(packets: bytes, from_nsec: bool, to_nsec: bool) -> bytes:
     buf = np.frombuffer(bytearray(packets), np.uint8)
     _scale_fracs(buf, to_nsec)
     return buf.tobytes()
+
+
+def warm_up() -> None:
+    """Load the compiled record walks now, not under the first records (a second or more of CPU)."""
+    record = pack_record(0, b"\0" * 60)
+    frame_payloads(record, 65536)
+    convert_precision(record, False, True)
+    convert_precision(record, True, False)

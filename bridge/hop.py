@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable
 
 from confluent_kafka import Consumer, KafkaError, Message
@@ -81,10 +82,18 @@ def tune_malloc() -> None:
         pass
 
 
-def start_hop(cfg: Config, hop: str) -> Shutdown:
-    """Common start of a long-running hop: allocator tuning, logging, /metrics, signal handling."""
+def start_hop(cfg: Config, hop: str, warm_up: Callable[[], None] | None = None) -> Shutdown:
+    """Common start of a long-running hop: allocator tuning, logging, /metrics, signal handling.
+
+    ``warm_up`` loads the hop's compiled kernels before /metrics answers, so a hop whose
+    /metrics is up is ready: otherwise the first records pay a second or more of numba loading.
+    """
     tune_malloc()
     setup_logging(cfg.log_level)
+    if warm_up is not None:
+        started = time.monotonic()
+        warm_up()
+        log.debug("%s: kernels loaded in %.2f s", hop, time.monotonic() - started)
     metrics.start_http(cfg.metrics_port)
     metrics.HOP_INFO.labels(hop).set(1)
     log.info("%s starting (site %s)", hop, cfg.site)

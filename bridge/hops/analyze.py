@@ -45,7 +45,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from bridge import kafka, metrics, records
-from bridge.backscatter.aggregate import PROFILES, Aggregator, Stats
+from bridge.backscatter.aggregate import PROFILES, Aggregator, Stats, warm_up
 from bridge.backscatter.classify import CLASS_NAMES, class_counts, classify, select_records
 from bridge.backscatter.telescope import Telescopes
 from bridge.config import Config
@@ -450,7 +450,7 @@ def run(cfg: Config) -> int:
     if acfg.profile not in PROFILES:
         print(f"d4-bridge analyze: unknown profile {acfg.profile!r} (one of {', '.join(PROFILES)})", file=sys.stderr)
         return 2
-    shutdown = start_hop(cfg, HOP)
+    shutdown = start_hop(cfg, HOP, warm_up)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where a stuck hop is
     route_topic, state_topic = f"{acfg.out_topic}.packets", f"{acfg.out_topic}.state"
     producer = kafka.make_producer(cfg.kafka, HOP)

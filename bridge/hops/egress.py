@@ -45,7 +45,7 @@ from bridge.config import Config, KafkaConfig
 from bridge.d4.client import D4Sender, SenderOptions, SenderStopped, parse_host_port
 from bridge.d4.frame import MAX_PAYLOAD
 from bridge.d4.tls import client_context
-from bridge.egress_framing import convert_precision, frame_payloads, session_header
+from bridge.egress_framing import convert_precision, frame_payloads, session_header, warm_up
 from bridge.egress_identity import Identity, IdentityError, IdentityMap, load_identity_map, make_identity
 from bridge.hop import Shutdown, start_hop
 from bridge.egress_offsets import OffsetTracker, Token
@@ -59,7 +59,6 @@ IDLE_TICK = 0.05  # seconds a session thread waits for work before checking ackn
 IDLE_FLUSH = 1.0  # seconds idle after data before an empty frame pushes d4-core's buffered tail through
 COMMIT_INTERVAL = 0.5  # seconds between offset commits
 CONSUME_BATCH = 200
-FETCH_WAIT_MS = 100
 PREFETCH_KBYTES = 16 * 1024
 PAUSE_AFTER = 1.0  # seconds over the queue bound before the partitions are paused (an outage, not a hiccup)
 PEEK_RECORDS = 5  # latest records per partition checked at start
@@ -313,11 +312,8 @@ class Egress:
         # (input partition, source topic, source partition) -> last source offset forwarded
         self._lineage: dict[tuple[int, str, int], int] = {}
         self.dlq = kafka.make_producer(cfg.kafka, HOP)
-        # egress is the latency-critical reader: a broker that answers fetches only at the wait
-        # limit (the embedded one does) would otherwise add up to librdkafka's 500 ms default.
         # The prefetch bound keeps librdkafka's own buffer in proportion to ours while paused.
-        kcfg = dataclasses.replace(cfg.kafka, extra={"fetch.wait.max.ms": FETCH_WAIT_MS,
-                                                     "queued.max.messages.kbytes": PREFETCH_KBYTES,
+        kcfg = dataclasses.replace(cfg.kafka, extra={"queued.max.messages.kbytes": PREFETCH_KBYTES,
                                                      **cfg.kafka.extra})
         self.consumer = kafka.make_consumer(kcfg, HOP, self.ecfg.group, [self.ecfg.topic],
                                             on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -555,7 +551,7 @@ class Egress:
 
 def run(cfg: Config) -> int:
     """Run the egress hop; exit status 0 on a clean stop, 1 on a failure, 2 on a bad configuration."""
-    shutdown = start_hop(cfg, HOP)
+    shutdown = start_hop(cfg, HOP, warm_up)
     try:
         plan = resolve(cfg)
     except (ValueError, IdentityError, OSError) as exc:

@@ -23,7 +23,7 @@ import uuid as uuidlib
 from typing import Any, Callable
 
 from bridge import metrics, records
-from bridge.assembler import PcapAssembler, PcapChunkBatch, PcapStreamError
+from bridge.assembler import PcapAssembler, PcapChunkBatch, PcapStreamError, warm_up
 from bridge.config import Config
 from bridge.d4.client import parse_host_port
 from bridge.d4.cutters import CutError, JsonObjectCutter, LineCutter
@@ -32,7 +32,6 @@ from bridge.d4.keys import Admission, KeysFileError, load_keys_file, next_header
 from bridge.d4.tls import server_context
 from bridge.hop import Shutdown, start_hop
 from bridge.kafka import BlockingProducer, make_producer
-from bridge.pcap import global_header, pack_record
 
 log = logging.getLogger(__name__)
 
@@ -566,13 +565,6 @@ def build_tls(cfg: Config) -> ssl.SSLContext | None:
     if not ic.cert:
         raise ValueError("--cert PEM (certificate and key) is required unless --no-tls")
     return server_context(ic.cert)
-
-
-def warm_up() -> None:
-    """Load the assembler's compiled record walk now (about a second), not in the first session."""
-    assembler = PcapAssembler(max_age=None)
-    assembler.feed(global_header(1, 65535, False) + pack_record(0, b"\0" * 60))
-    assembler.close()
 
 
 async def serve(cfg: Config, stop: Callable[[], bool], on_ready: Callable[[IngressServer], None] | None = None,

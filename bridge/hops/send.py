@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
 from bridge import metrics
-from bridge.assembler import PcapAssembler, PcapStreamError
+from bridge.assembler import PcapAssembler, PcapStreamError, warm_up
 from bridge.config import Config
 from bridge.d4.client import D4Sender, SenderOptions, SenderStopped, parse_host_port
 from bridge.d4.confdir import ConfDirError, load_confdir
@@ -146,7 +146,7 @@ def _export_counters(sender: D4Sender) -> Callable[[], None]:
 
 def run(cfg: Config) -> int:
     """Send the input to the D4 server; see the module docstring for exit codes."""
-    shutdown = start_hop(cfg, "send")
+    shutdown = start_hop(cfg, "send", warm_up)
     try:
         plan = resolve(cfg)
     except (ValueError, ConfDirError, OSError) as exc:
