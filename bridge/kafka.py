@@ -28,6 +28,7 @@ STANDARD_TOPICS = (TOPIC_PCAP, TOPIC_SANITIZED, TOPIC_RECORDS, TOPIC_DLQ, TOPIC_
 
 # The broker's default record limit; our batches stay far below it, and a refusal says the size.
 MAX_RECORD_BYTES = 1_000_000
+FETCH_WAIT_MS = 100  # longest a consumer's fetch waits for new records (see consumer_conf)
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
@@ -183,6 +184,10 @@ def consumer_conf(kcfg: KafkaConfig, hop: str, group_id: str) -> dict[str, Any]:
         "max.poll.interval.ms": max(60000, kcfg.session_timeout_ms + 1000),
         "fetch.max.bytes": 8 * MAX_RECORD_BYTES,
         "max.partition.fetch.bytes": 2 * MAX_RECORD_BYTES,
+        # Every hop is on the capture-to-hub latency path. A broker that answers a fetch only
+        # when its wait limit expires (the embedded one does) would add librdkafka's 500 ms
+        # default per hop; against Apache Kafka this only bounds how often an idle consumer asks.
+        "fetch.wait.max.ms": FETCH_WAIT_MS,
     })
     conf.update(kcfg.extra)
     return conf
