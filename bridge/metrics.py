@@ -89,7 +89,8 @@ SANITIZE_BATCH_SECONDS = Histogram(
 )
 SANITIZE_TRANSACTIONS = Counter("d4bridge_sanitize_transactions_total", "Kafka transactions", ["result"])
 SANITIZE_LEAKS = Counter(
-    "d4bridge_sanitize_leaks_total", "Covered addresses found in output by the self-check (must stay 0)"
+    "d4bridge_sanitize_leaks_total",
+    "Packets dropped by the self-check: a rewritten address still elsewhere in the packet (payload, unknown field)",
 )
 
 # --- egress --------------------------------------------------------------------------------

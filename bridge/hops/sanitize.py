@@ -28,8 +28,10 @@ from bridge import kafka, metrics, records
 from bridge.config import Config
 from bridge.hop import Shutdown, start_hop
 from bridge.sanitize.engine import PcapRecordError, Sanitizer
+from bridge.sanitize.layout import REASONS, R_SELF_CHECK
 from bridge.sanitize.policy import Policy, PolicyError, policy_from_config
 
+SELF_CHECK = REASONS[R_SELF_CHECK]
 log = logging.getLogger(__name__)
 
 HOP = "sanitize"
@@ -54,6 +56,8 @@ class Tally:
         metrics.SANITIZE_BYTES.inc(self.bytes_out)
         for reason, n in self.dropped.items():
             metrics.SANITIZE_DROPPED.labels(reason).inc(n)
+        # also a dropped reason; a counter of its own so a dashboard and an alert can watch it
+        metrics.SANITIZE_LEAKS.inc(self.dropped.get(SELF_CHECK, 0))
         for reason, n in self.cut.items():
             metrics.SANITIZE_CUT.labels(reason).inc(n)
         for reason, n in self.dlq.items():

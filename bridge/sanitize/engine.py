@@ -186,6 +186,7 @@ class Sanitizer:
         verdict = self._table("verdict", slots, 0, np.int8)
         reason = self._table("reason", slots, 0, np.int64)
         newcap = self._table("newcap", slots, 0, np.int64)
+        payload_at = self._table("payload_at", slots, 0, np.int64)
         cap = len(buf) // 8 + 64  # sites per byte of input; more is possible (retried below)
         while True:
             v4 = self._table("v4", cap, 5, np.int64)
@@ -194,7 +195,8 @@ class Sanitizer:
             cs = self._table("cs", cap, layout.CS_COLS, np.int64)
             n = np.array([0, 0, 0, 0, 0, 0, -1, 0], dtype=np.int64)
             kernels.scan(buf, linktype, self.policy.mac_mode != "keep", self.policy.payload_keep,
-                         self.policy.on_unparseable == "cut", recs, verdict, reason, newcap, v4, v6, mac, cs, n)
+                         self.policy.on_unparseable == "cut", recs, verdict, reason, newcap, v4, v6, mac, cs, n,
+                         payload_at)
             if n[6] >= 0:
                 raise PcapRecordError(f"record at byte {int(n[6])} runs past the end of {len(buf)} bytes")
             if not n[4]:
@@ -213,7 +215,8 @@ class Sanitizer:
         hi, lo = self._addr.map_v6(v6[:, 3].astype(np.uint64), v6[:, 4].astype(np.uint64), v6[:, 2])
         new6 = np.stack((hi, lo), axis=1)
         newmac = self._mac.map_rows(buf[mac[:, 0, None] + np.arange(6)]) if nmac else np.zeros((0, 6), np.uint8)
-        size = kernels.apply(buf, recs, newcap, v4, new4, v6, new6, mac, newmac, cs, nv4, nv6, nmac, ncs, int(n[7]) + 1)
+        size = kernels.apply(buf, recs, newcap, v4, new4, v6, new6, mac, newmac, cs, nv4, nv6, nmac, ncs, int(n[7]) + 1,
+                             verdict, reason, payload_at)
 
         dropped = int((verdict == layout.V_DROP).sum())
         ncut = int((verdict == layout.V_CUT).sum())

@@ -36,10 +36,11 @@ REASONS = (
     "teredo_auth",
     "unsupported_l2_address",
     "payload",
+    "self_check",
 )
 (R_OK, R_TRUNC_L2, R_ETHERTYPE, R_TRUNC_IP, R_BAD_IP, R_BAD_OPT, R_SRCROUTE, R_PROTO, R_FRAG, R_TRUNC_L4,
  R_ICMP, R_ICMP6, R_ND_OPT, R_ROUTING, R_HOMEADDR, R_TRUNC_EXT, R_GRE, R_ARP, R_NEST, R_TEREDO, R_L2ADDR,
- R_PAYLOAD) = range(len(REASONS))
+ R_PAYLOAD, R_SELF_CHECK) = range(len(REASONS))
 
 # packet verdicts in scan's output
 V_KEEP, V_CUT, V_DROP = 0, 1, 2

@@ -17,6 +17,11 @@ The new values of all sites are then computed for the whole batch at once in num
 (engine.py), and `apply` writes them, patches every affected checksum incrementally
 (RFC 1624) from innermost to outermost, and compacts the records in place.
 
+Before a record is kept, `apply` checks it (`_address_left`): an address the policy rewrote
+in it must not be in its payload (the bytes after the last header the walk parsed, which no
+parser reads: a DNS answer, an application quoting the sender). Such a packet is dropped with
+reason ``self_check``.
+
 The header chain of a packet is linear (each layer has at most one next layer: an ICMP error
 quotes one packet, a tunnel carries one packet), so the walk is a loop over layers, not a
 recursion. Anything the walk cannot follow far enough to be sure that it has seen every
@@ -31,7 +36,7 @@ from numba import njit
 from bridge.sanitize.layout import (  # noqa: F401 (re-exported for callers of the JIT module)
     CS_COLS, ENC_INVERTED, ENC_PLAIN, ENC_PLUS1, R_ARP, R_BAD_IP, R_BAD_OPT, R_ETHERTYPE, R_FRAG, R_GRE, R_HOMEADDR,
     R_ICMP, R_ICMP6, R_L2ADDR, R_NEST,
-    R_ND_OPT, R_OK, R_PAYLOAD, R_PROTO, R_ROUTING, R_SRCROUTE, R_TEREDO, R_TRUNC_EXT, R_TRUNC_IP, R_TRUNC_L2,
+    R_ND_OPT, R_OK, R_PAYLOAD, R_PROTO, R_ROUTING, R_SELF_CHECK, R_SRCROUTE, R_TEREDO, R_TRUNC_EXT, R_TRUNC_IP, R_TRUNC_L2,
     R_TRUNC_L4, REASONS, ROLE_DST, ROLE_OTHER, ROLE_SRC, V_CUT, V_DROP, V_KEEP,
 )
 
@@ -608,7 +613,8 @@ def _walk(buf, d, end, linktype, pkt, mac_on, v4, v6, mac, cs, n):
 
 
 @njit(cache=True)
-def scan(buf, linktype, mac_on, payload_keep, cut_unparseable, recs, verdict, reason, newcap, v4, v6, mac, cs, n):
+def scan(buf, linktype, mac_on, payload_keep, cut_unparseable, recs, verdict, reason, newcap, v4, v6, mac, cs, n,
+         payload_at):
     """Walk every record of buf; fill recs (record header offsets), the site tables and the
     per-packet verdicts.
 
@@ -645,6 +651,7 @@ def scan(buf, linktype, mac_on, payload_keep, cut_unparseable, recs, verdict, re
         changes = (n[0] - s0) * 3 + (n[1] - s1) * 9 + (n[2] - s2) * 4 + (n[3] - s3)
         if changes > n[7]:
             n[7] = changes
+        payload_at[pk] = at if why == R_OK else -1
         if why == R_OK:
             if payload_keep >= 0 and at >= 0 and at + payload_keep < end:
                 verdict[pk] = V_CUT
@@ -754,12 +761,89 @@ def _record_change(buf, d, off, nbytes, ch, nch, old):
     return nch
 
 
+@njit(cache=True, inline="always")
+def _v4_stored(value, enc):
+    """The four bytes (as an integer) an IPv4 site holds for the address ``value``."""
+    if enc == ENC_INVERTED:
+        return value ^ 0xFFFFFFFF
+    if enc == ENC_PLUS1:
+        return (value + 1) & 0xFFFFFFFF
+    return value
+
+
+@njit(cache=True, inline="always")
+def _v6_at(buf, off, hi, lo):
+    """Whether the 16 bytes at ``off`` are the IPv6 address (hi, lo) (int64 bit patterns)."""
+    a = np.int64(0)
+    b = np.int64(0)
+    for i in range(8):
+        a = (a << 8) | np.int64(buf[off + i])
+        b = (b << 8) | np.int64(buf[off + 8 + i])
+    return a == hi and b == lo
+
+
 @njit(cache=True)
-def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, nv4, nv6, nmac, ncs, max_changes):
+def _address_left(buf, start, end, v4, s0, s1, v6, t0, t1, pat, first):
+    """Whether a rewritten address of this packet (its sites are v4[s0:s1], v6[t0:t1]) is in
+    its payload, bytes [start, end); ``pat`` and ``first`` (256 x False) are scratch.
+
+    Addresses in 0.0.0.0/8, 255.255.255.255 and :: identify nobody and are runs of bytes that
+    occur everywhere, so they are not looked for. Only bytes whose value starts a pattern are
+    looked at closer (``first``), which keeps the check to about a nanosecond per payload byte.
+    """
+    k = 0
+    for s in range(s0, s1):
+        value = v4[s, 4]
+        enc = v4[s, 3]
+        old = _v4_stored(value, enc)
+        if _u32(buf, v4[s, 0]) == old:
+            continue  # the policy left this site as it was
+        for form in range(2 if enc != ENC_PLAIN else 1):
+            w = old if form == 0 else value
+            if (w >> 24) != 0 and w != 0xFFFFFFFF:
+                pat[k] = w
+                first[w >> 24] = True
+                k += 1
+    six = False
+    for t in range(t0, t1):
+        hi = v6[t, 3]
+        if (hi != 0 or v6[t, 4] != 0) and not _v6_at(buf, v6[t, 0], hi, v6[t, 4]):
+            first[(hi >> 56) & 0xFF] = True
+            six = True
+    leak = False
+    if k or six:
+        for p in range(start, end - 3):
+            if not first[buf[p]]:
+                continue
+            w = _u32(buf, p)
+            for j in range(k):
+                if w == pat[j]:
+                    leak = True
+            if six and p + 16 <= end:
+                for t in range(t0, t1):
+                    if (v6[t, 3] != 0 or v6[t, 4] != 0) and _v6_at(buf, p, v6[t, 3], v6[t, 4]) \
+                            and not _v6_at(buf, v6[t, 0], v6[t, 3], v6[t, 4]):
+                        leak = True
+            if leak:
+                break
+    for j in range(k):
+        first[pat[j] >> 24] = False
+    for t in range(t0, t1):
+        first[(v6[t, 3] >> 56) & 0xFF] = False
+    return leak
+
+
+@njit(cache=True)
+def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, nv4, nv6, nmac, ncs, max_changes,
+          verdict, reason, payload_at):
     """Write the new site values, fix checksums, drop/cut records; returns the new length of
-    buf (records compacted towards the start)."""
+    buf (records compacted towards the start). A record failing the self-check
+    (`_address_left` on its payload, which starts at payload_at: -1 for none) is dropped:
+    verdict V_DROP, reason R_SELF_CHECK."""
     ch = np.empty((max_changes, 3), dtype=np.int64)
     old = np.empty(16, dtype=np.uint8)
+    pat = np.empty(2 * nv4 + 1, dtype=np.int64)
+    first = np.zeros(256, dtype=np.bool_)
     a4 = 0
     a6 = 0
     am = 0
@@ -770,6 +854,8 @@ def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, nv4, nv6,
         d = r + 16
         nc = newcap[i]
         nch = 0
+        s0 = a4
+        t0 = a6
         # sites of this packet (tables are in packet order)
         while a4 < nv4 and v4[a4, 1] == i:
             off = v4[a4, 0]
@@ -838,6 +924,12 @@ def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, nv4, nv6,
                 ch[nch, 2] = new
                 nch += 1
         if nc < 0:
+            continue
+        # most telescope packets have no payload (SYN-ACK, RST): nothing to look at, no call
+        if payload_at[i] >= 0 and d + nc - payload_at[i] >= 4 and \
+                _address_left(buf, payload_at[i], d + nc, v4, s0, a4, v6, t0, a6, pat, first):
+            verdict[i] = V_DROP
+            reason[i] = R_SELF_CHECK
             continue
         size = 16 + nc
         if out != r or nc != (np.int64(buf[r + 8]) | (np.int64(buf[r + 9]) << 8) | (np.int64(buf[r + 10]) << 16) | (np.int64(buf[r + 11]) << 24)):
