@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import dpkt
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,23 +35,14 @@ PERIOD = 8192  # distinct template packets, tiled to PACKETS with fresh addresse
 TARGET_RATIO = 1.5
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s > 0xFFFF:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def _ip4(src: int, dst: int, proto: int, payload: bytes) -> bytes:
     h = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0, src, dst)
-    return h[:10] + struct.pack("!H", _csum(h)) + h[12:] + payload
+    return h[:10] + struct.pack("!H", dpkt.in_cksum(h)) + h[12:] + payload
 
 
 def _l4(src: bytes, dst: bytes, proto: int, seg: bytes, at: int) -> bytes:
     pseudo = src + dst + (struct.pack("!BBH", 0, proto, len(seg)) if len(src) == 4 else struct.pack("!IxxxB", len(seg), proto))
-    return seg[:at] + struct.pack("!H", _csum(pseudo + seg)) + seg[at + 2:]
+    return seg[:at] + struct.pack("!H", dpkt.in_cksum(pseudo + seg)) + seg[at + 2:]
 
 
 def _tcp(src: bytes, dst: bytes, flags: int) -> bytes:
@@ -59,7 +51,7 @@ def _tcp(src: bytes, dst: bytes, flags: int) -> bytes:
 
 def _icmp(typ: int, body: bytes) -> bytes:
     h = struct.pack("!BBHI", typ, 3 if typ == 3 else 0, 0, 0) + body
-    return h[:2] + struct.pack("!H", _csum(h)) + h[4:]
+    return h[:2] + struct.pack("!H", dpkt.in_cksum(h)) + h[4:]
 
 
 def _eth(ethertype: int, payload: bytes) -> bytes:
