@@ -132,9 +132,11 @@ def test_a_crash_leaves_every_packet_in_a_finished_file(
     key, out_dir = f"analyzer:1:{queue_uuid}", tmp_path / "data"
     first = _sink(kafka_config, tmp_path, out_dir, redis_url, queue_uuid, topic, group, 4)
     deadline = time.monotonic() + 60
-    while client.llen(key) < 3 and time.monotonic() < deadline:
+    # kill while files are half written: finished files exist and the newest are still open
+    # (open files are finished by the wall clock 4 s later, so a slow moment can miss them)
+    while not (client.llen(key) >= 3 and list(out_dir.rglob("*.part"))) and time.monotonic() < deadline:
         assert first.poll() is None
-        time.sleep(0.1)
+        time.sleep(0.02)
     first.kill()  # SIGKILL with files half written
     first.wait(10)
     assert list(out_dir.rglob("*.part")), "the crash left unfinished files"
