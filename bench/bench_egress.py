@@ -334,8 +334,9 @@ def main() -> None:
         figures.append(Figure("egress drain, MB/s of pcap records", nbytes / elapsed / 1e6, "MB/s"))
         figures.append(Figure("egress CPU per million packets while draining", cpu / BACKLOG_PACKETS * 1e6, "CPU s",
                               note="process user+system time: capacity on one free core"))
-        figures.append(Figure("egress peak RSS while draining", rss, "MB",
-                              note="bounds: 32 MiB queue + 16 MiB resend buffer + librdkafka prefetch"))
+        figures.append(Figure("egress peak RSS while draining", rss, "MB", 300, False,
+                              note="bounds: 32 MiB queue + 16 MiB resend buffer + 8 MiB per consume + librdkafka "
+                                   "prefetch"))
 
         # 2a. latency to the local receiver at a steady 10k packets/s
         topic = f"bench-steady-{uuidlib.uuid4().hex[:6]}"

@@ -59,6 +59,9 @@ IDLE_TICK = 0.05  # seconds a session thread waits for work before checking ackn
 IDLE_FLUSH = 1.0  # seconds idle after data before an empty frame pushes d4-core's buffered tail through
 COMMIT_INTERVAL = 0.5  # seconds between offset commits
 CONSUME_BATCH = 200
+# record bytes taken per consume(): the records of a call are held until all are handled, next
+# to their decoded copies in the queue, so a call's size adds to the peak memory
+CONSUME_BYTES = 8 * 1024 * 1024
 PREFETCH_KBYTES = 16 * 1024
 PAUSE_AFTER = 1.0  # seconds over the queue bound before the partitions are paused (an outage, not a hiccup)
 PEEK_RECORDS = 5  # latest records per partition checked at start
@@ -307,7 +310,9 @@ class Egress:
         self.paused = False
         self._full_since: float | None = None
         self._paused_parts: set[tuple[str, int]] = set()
-        self._avg_record = 64 * 1024.0  # running mean record size: sizes each consume() to the room left
+        # running mean record size: sizes each consume() to the room left; starts at the size of a
+        # full ingress batch, so the first consume cannot take many times what it has room for
+        self._avg_record = 256 * 1024.0
         self._last_commit = 0.0
         # (input partition, source topic, source partition) -> last source offset forwarded
         self._lineage: dict[tuple[int, str, int], int] = {}
@@ -518,7 +523,8 @@ class Egress:
             self._paused_parts.clear()
             log.info("egress: upstream caught up after %.1f s: resuming consumption", now - (self._full_since or now))
         self._full_since = None
-        return int(max(1, min(CONSUME_BATCH, (limit - queued) // max(self._avg_record, 1.0))))
+        room = min(limit - queued, CONSUME_BYTES)
+        return int(max(1, min(CONSUME_BATCH, room // max(self._avg_record, 1.0))))
 
     def _gauges(self) -> None:
         for s in self.sessions.values():
