@@ -172,7 +172,9 @@ def run(work: Path) -> None:
                                                 f"--outfile={work / 'tr.pcap'}"])
         figures.append(Figure("tcprewrite --pnat, packets per CPU second", PACKETS / tr_cpu, "pkt/s",
                               note=f"{tr_cpu:.2f} s CPU, {tr_wall:.2f} s wall; outer headers only"))
-    for label, e in (("ahead-of-time kernels", env), ("JIT kernels", jit_env)):
+    # the target applies to the installed build (make setup, the Docker image: ahead-of-time
+    # kernels); the JIT row shows the fallback on a machine without a C compiler
+    for label, e, target in (("ahead-of-time kernels", env, TARGET_RATIO), ("JIT kernels", jit_env, None)):
         wall, cpu = best_of(3, ours_cmd, e)
         start_wall, start_cpu = best_of(3, tiny_cmd, e)
         figures.append(Figure(f"sanitize-file --pnat ({label}), per CPU second", PACKETS / cpu, "pkt/s",
@@ -180,8 +182,9 @@ def run(work: Path) -> None:
         figures.append(Figure(f"  start-up alone ({label}, empty capture)", start_cpu, "s CPU",
                               note=f"{start_wall:.2f} s wall"))
         if tcprewrite:
+            fallback = "" if target else "; fallback without a C compiler, JIT start-up included"
             figures.append(Figure(f"  ratio to tcprewrite, whole command ({label}, CPU)", tr_cpu / cpu, "x",
-                                  TARGET_RATIO, note=f"wall-clock ratio {tr_wall / wall:.2f}x"))
+                                  target, note=f"wall-clock ratio {tr_wall / wall:.2f}x{fallback}"))
 
     # the engine in this process, pinned to one core: what the long-running hop sees
     note = pin_to_one_core()
