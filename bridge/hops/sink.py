@@ -18,7 +18,9 @@ writes the same thing from a PcapBatch topic:
   file of each partition: after a crash the unfinished files are written again
   (at least once; a file finished and pushed just before a crash may be
   repeated by the next one), and the crashed run's ``.part`` files are removed
-  once they are twice the rotation period old.
+  once they are twice the rotation period old. A crash between a file's rename
+  and its LPUSH leaves that finished file on disk unannounced; its records were
+  not committed, so the next run writes and announces them again.
 """
 
 from __future__ import annotations

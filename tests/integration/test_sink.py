@@ -151,7 +151,11 @@ def test_a_crash_leaves_every_packet_in_a_finished_file(
     assert not list(out_dir.rglob("*.part")), "unfinished files of the crashed run removed"
 
     queued = [Path(p.decode()) for p in client.lrange(key, 0, -1)]
-    assert sorted(queued) == sorted(p for p in out_dir.rglob("*") if p.is_file())
+    on_disk = {p for p in out_dir.rglob("*") if p.is_file()}
+    assert set(queued) <= on_disk, "every announced file exists"
+    # a kill between a file's rename and its LPUSH leaves that one finished file unannounced; its
+    # records were not committed (the commit follows the push), so an announced file repeats them
+    assert len(on_disk - set(queued)) <= 1, sorted(on_disk - set(queued))
     for sensor, g in traffic.items():
         written = set()
         for path in (p for p in queued if p.parent.parts[-5] == sensor):
