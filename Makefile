@@ -14,7 +14,7 @@ demo: setup
 	$(VENV)/bin/d4-bridge demo $(DEMO_ARGS)
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10
 
 bench: setup
 	$(PY) bench/run_all.py
