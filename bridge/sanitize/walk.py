@@ -783,15 +783,15 @@ def _v6_at(buf, off, hi, lo):
 
 
 @njit(cache=True)
-def _address_left(buf, start, end, v4, s0, s1, v6, t0, t1, pat, first):
+def _address_left(buf, start, end, v4, s0, s1, v6, t0, t1, pat, six, first):
     """Whether a rewritten address of this packet (its sites are v4[s0:s1], v6[t0:t1]) is in
-    its payload, bytes [start, end); ``pat`` and ``first`` (256 x False) are scratch.
+    its payload, bytes [start, end); ``pat``, ``six`` and ``first`` (256 x False) are scratch.
 
     Addresses in 0.0.0.0/8, 255.255.255.255 and :: identify nobody and are runs of bytes that
     occur everywhere, so they are not looked for. Only bytes whose value starts a pattern are
     looked at closer (``first``), which keeps the check to about a nanosecond per payload byte.
     """
-    k = 0
+    k = 0  # IPv4 patterns in pat[:k]
     for s in range(s0, s1):
         value = v4[s, 4]
         enc = v4[s, 3]
@@ -804,14 +804,15 @@ def _address_left(buf, start, end, v4, s0, s1, v6, t0, t1, pat, first):
                 pat[k] = w
                 first[w >> 24] = True
                 k += 1
-    six = False
+    m = 0  # rewritten IPv6 sites in six[:m]
     for t in range(t0, t1):
         hi = v6[t, 3]
         if (hi != 0 or v6[t, 4] != 0) and not _v6_at(buf, v6[t, 0], hi, v6[t, 4]):
+            six[m] = t
             first[(hi >> 56) & 0xFF] = True
-            six = True
+            m += 1
     leak = False
-    if k or six:
+    if k or m:
         for p in range(start, end - 3):
             if not first[buf[p]]:
                 continue
@@ -819,17 +820,16 @@ def _address_left(buf, start, end, v4, s0, s1, v6, t0, t1, pat, first):
             for j in range(k):
                 if w == pat[j]:
                     leak = True
-            if six and p + 16 <= end:
-                for t in range(t0, t1):
-                    if (v6[t, 3] != 0 or v6[t, 4] != 0) and _v6_at(buf, p, v6[t, 3], v6[t, 4]) \
-                            and not _v6_at(buf, v6[t, 0], v6[t, 3], v6[t, 4]):
+            if p + 16 <= end:
+                for j in range(m):
+                    if _v6_at(buf, p, v6[six[j], 3], v6[six[j], 4]):
                         leak = True
             if leak:
                 break
     for j in range(k):
         first[pat[j] >> 24] = False
-    for t in range(t0, t1):
-        first[(v6[t, 3] >> 56) & 0xFF] = False
+    for j in range(m):
+        first[(v6[six[j], 3] >> 56) & 0xFF] = False
     return leak
 
 
@@ -843,6 +843,7 @@ def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, nv4, nv6,
     ch = np.empty((max_changes, 3), dtype=np.int64)
     old = np.empty(16, dtype=np.uint8)
     pat = np.empty(2 * nv4 + 1, dtype=np.int64)
+    six = np.empty(nv6 + 1, dtype=np.int64)
     first = np.zeros(256, dtype=np.bool_)
     a4 = 0
     a6 = 0
@@ -927,7 +928,7 @@ def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, nv4, nv6,
             continue
         # most telescope packets have no payload (SYN-ACK, RST): nothing to look at, no call
         if payload_at[i] >= 0 and d + nc - payload_at[i] >= 4 and \
-                _address_left(buf, payload_at[i], d + nc, v4, s0, a4, v6, t0, a6, pat, first):
+                _address_left(buf, payload_at[i], d + nc, v4, s0, a4, v6, t0, a6, pat, six, first):
             verdict[i] = V_DROP
             reason[i] = R_SELF_CHECK
             continue
