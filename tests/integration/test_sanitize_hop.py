@@ -161,6 +161,18 @@ def test_exactly_once_output_and_dead_letters(kafka_config, unique):
     assert sum(ends.values()) == 32
 
 
+def _config_file(tmp_path: Path, kcfg, tin: str, tout: str, group: str, sanitize_extra: str) -> Path:
+    """A config file for `d4-bridge sanitize` on the test broker; ``sanitize_extra`` adds [sanitize] lines."""
+    path = tmp_path / "sanitize.toml"
+    path.write_text(
+        f'site = "site-a"\nlog_level = "INFO"\n'
+        f'[kafka]\nbootstrap = "{kcfg.bootstrap}"\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 500\n'
+        f'statistics_interval_ms = 0\nlinger_ms = 5\n'
+        f'[sanitize]\nin_topic = "{tin}"\nout_topic = "{tout}"\ngroup = "{group}"\npnat = "{PNAT}"\n'
+        + sanitize_extra)
+    return path
+
+
 def _start_worker(config_file: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "bridge.cli", "sanitize", "--config", str(config_file)],
@@ -170,13 +182,8 @@ def _start_worker(config_file: Path, log: Path) -> subprocess.Popen:
 def test_sigkill_mid_stream_exactly_once(kafka_config, unique, tmp_path):
     tin, tout, group = unique("pcap"), unique("san"), unique("g")
     kafka.create_topics(kafka_config, 2, topics=[tin, tout])
-    config_file = tmp_path / "sanitize.toml"
-    config_file.write_text(
-        f'site = "site-a"\nlog_level = "INFO"\n'
-        f'[kafka]\nbootstrap = "{kafka_config.bootstrap}"\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 500\n'
-        f'statistics_interval_ms = 0\nlinger_ms = 5\n'
-        f'[sanitize]\nin_topic = "{tin}"\nout_topic = "{tout}"\ngroup = "{group}"\npnat = "{PNAT}"\n'
-        f'transaction_records = 20\ntransaction_seconds = 0.05\n')
+    config_file = _config_file(tmp_path, kafka_config, tin, tout, group,
+                               "transaction_records = 20\ntransaction_seconds = 0.05\n")
     log = tmp_path / "worker.log"
     total = 400
     session = unique("s")
@@ -247,11 +254,7 @@ def test_sigkill_mid_stream_exactly_once(kafka_config, unique, tmp_path):
 def test_two_worker_processes_share_the_group_and_stop_cleanly(kafka_config, unique, tmp_path):
     tin, tout, group = unique("pcap"), unique("san"), unique("g")
     kafka.create_topics(kafka_config, 4, topics=[tin, tout])
-    config_file = tmp_path / "sanitize.toml"
-    config_file.write_text(
-        f'site = "site-a"\n[kafka]\nbootstrap = "{kafka_config.bootstrap}"\nsession_timeout_ms = 6000\n'
-        f'heartbeat_interval_ms = 500\nstatistics_interval_ms = 0\nlinger_ms = 5\n'
-        f'[sanitize]\nin_topic = "{tin}"\nout_topic = "{tout}"\ngroup = "{group}"\npnat = "{PNAT}"\nworkers = 2\n')
+    config_file = _config_file(tmp_path, kafka_config, tin, tout, group, "workers = 2\n")
     log = tmp_path / "workers.log"
     proc = _start_worker(config_file, log)
     session, total = unique("s"), 120
