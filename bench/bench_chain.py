@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid as uuidlib
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ from common import Figure, report  # noqa: E402
 from bridge import demo_sources as ds  # noqa: E402
 from bridge.broker import free_port, wait_for_port  # noqa: E402
 from bridge.pcap import global_header, record_offsets  # noqa: E402
-from system.harness import HopProcess, metric, read_topic  # noqa: E402
+from system.harness import metric, read_topic  # noqa: E402
 
 import backlog  # noqa: E402
 from chaos import Chain, HubCounter  # noqa: E402
@@ -84,9 +83,7 @@ def throughput(chain: Chain, work: Path) -> tuple[float, int, float]:
     for name, cap in captures.items():
         path = work / f"{name}.pcap"
         path.write_bytes(global_header(1, 65535, False) + cap.packets)
-        senders.append(HopProcess(f"bench-{name}", ["send", "--server", chain.site_listen, "--uuid",
-                                                    str(uuidlib.uuid4()), "--hmac-key", "chaos-site-key", "--no-tls",
-                                                    str(path)], work, metrics=False).start())
+        senders.append(chain.sender(f"bench-{name}", str(path), env=None).start())
     deadline = time.monotonic() + 300
     started = first_byte_time(chain, deadline)
     # scraping /metrics costs the hub ingress CPU: coarse polls until the end is near
@@ -106,10 +103,7 @@ def latency(chain: Chain) -> tuple[float, float, int]:
     base = hub.packets()
     senders = {}
     for name in captures:
-        senders[name] = HopProcess(f"lat-{name}", ["send", "--server", chain.site_listen, "--uuid",
-                                                   str(uuidlib.uuid4()), "--hmac-key", "chaos-site-key",
-                                                   "--no-tls", "-"], chain.work, metrics=False,
-                                   stdin=-1).start()
+        senders[name] = chain.sender(f"lat-{name}", "-", env=None).start()
     stop = threading.Event()
     threads = [threading.Thread(target=ds.pace, args=(cap, ds.HEADER, senders[n].proc.stdin.write, stop), daemon=True)
                for n, cap in captures.items()]

@@ -167,10 +167,15 @@ class Chain:
             wait_metrics(h, 90)
         wait_for_port(HOST, int(self.site_listen.rsplit(":", 1)[1]), 30)
         for name in SENSORS:
-            self.senders[name] = HopProcess(
-                name, ["send", "--server", self.site_listen, "--uuid", self.sensor_uuids[name], "--hmac-key",
-                       SITE_KEY, "--no-tls", "-"], self.work, env=HOP_ENV, metrics=False, stdin=subprocess.PIPE)
-            self.senders[name].start()
+            self.senders[name] = self.sender(name, "-", self.sensor_uuids[name]).start()
+
+    def sender(self, name: str, source: str, uuid: str | None = None,
+               env: dict[str, str] | None = HOP_ENV) -> HopProcess:
+        """A sensor (`d4-bridge send`) of the site ingress reading ``source``: a pcap file, or "-"
+        for a pipe to write to. Not started; a new sensor uuid unless ``uuid`` is given."""
+        return HopProcess(name, ["send", "--server", self.site_listen, "--uuid", uuid or str(uuidlib.uuid4()),
+                                 "--hmac-key", SITE_KEY, "--no-tls", source], self.work, env=env, metrics=False,
+                          stdin=subprocess.PIPE if source == "-" else None)
 
     def redis_url(self, db: int) -> str:
         return f"redis://{HOST}:{self.redis_port}/{db}"
