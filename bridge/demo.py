@@ -138,9 +138,8 @@ def _start_warm_up(d: Demo) -> Part:
     sample, _ = ds.build_live(time.time_ns(), 1.0, 300.0, seed=1)
     packets = b"".join(src.packets for src in sample.values())
     write_pcap(d.work / "warm-up.pcap", ds.HEADER, packets)
-    part = d.cli("warm-up", "sanitize-file", "warm-up.pcap", "warm-up-out.pcap", "--pnat", ds.PNAT,
+    return d.cli("warm-up", "sanitize-file", "warm-up.pcap", "warm-up-out.pcap", "--pnat", ds.PNAT,
                  metrics=False, one_shot=True)
-    return part
 
 
 def _start_infrastructure(d: Demo) -> None:
