@@ -4,7 +4,7 @@ Pipeline per batch (walk.py and remap.py hold the compiled loops, kernels.py pic
   1. `scan` locates every address, MAC and checksum of every packet (one pass);
   2. the new values of all sites are computed at once, vectorized over the batch
      (tcprewrite-style CIDR maps compiled, Crypto-PAn once per distinct address with batched AES);
-  3. `apply` writes them, patches checksums incrementally and drops/cuts packets.
+  3. `apply` writes them and the blanks, patches checksums incrementally and drops/cuts packets.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from bridge.sanitize import kernels, layout
 from bridge.sanitize.policy import Cidr, Policy
 
-SUPPORTED_LINKTYPES = frozenset({0, 1, 12, 14, 101, 113, 276})
+SUPPORTED_LINKTYPES = frozenset({0, 1, 12, 14, 101, 113, 228, 229, 276})
 
 
 class PcapRecordError(ValueError):
@@ -54,14 +54,77 @@ def _in_scope6(hi: np.ndarray, lo: np.ndarray, cidr: Cidr) -> np.ndarray:
     return ((hi & mhi) == np.uint64(cidr.network >> 64)) & ((lo & mlo) == np.uint64(cidr.network & layout.M64))
 
 
+def _eui64_rows(lo: np.ndarray) -> np.ndarray:
+    """Which low halves of IPv6 addresses are modified EUI-64 interface identifiers (RFC 4291
+    appendix A: the MAC with ff:fe in the middle)."""
+    return ((lo >> np.uint64(24)) & np.uint64(0xFFFF)) == np.uint64(0xFFFE)
+
+
+def _iid_macs(lo: np.ndarray) -> np.ndarray:
+    """The MACs (n, 6) inside EUI-64 interface identifiers (U/L bit inverted back)."""
+    b = lo.astype(">u8").view(np.uint8).reshape(-1, 8)
+    macs = np.concatenate((b[:, 0:3], b[:, 5:8]), axis=1)
+    macs[:, 0] ^= 0x02
+    return macs
+
+
+def _macs_iid(macs: np.ndarray) -> np.ndarray:
+    """EUI-64 interface identifiers (uint64) of MACs (n, 6)."""
+    b = np.empty((len(macs), 8), dtype=np.uint8)
+    b[:, 0:3], b[:, 5:8] = macs[:, 0:3], macs[:, 3:6]
+    b[:, 0] ^= 0x02
+    b[:, 3], b[:, 4] = 0xFF, 0xFE
+    return b.view(">u8").ravel().astype(np.uint64)
+
+
+class MacMapper:
+    """Maps batches of 6-byte MAC rows: zero, or a keyed hash stable per key."""
+
+    _KEEP = (bytes(6), b"\xff" * 6)  # carry no identity; keep so broadcast stays broadcast
+
+    def __init__(self, mode: str, key: bytes | None) -> None:
+        self.mode = mode
+        self._key = key
+        self._cache: dict[bytes, bytes] = {}
+
+    def _hash(self, mac: bytes) -> bytes:
+        if mac in self._KEEP:
+            return mac
+        h = bytearray(hmac.new(self._key or b"", b"d4-bridge-mac" + mac, hashlib.sha256).digest()[:6])
+        # locally administered, and keep the group bit so multicast stays multicast
+        h[0] = (h[0] & 0xFC) | 0x02 | (mac[0] & 0x01)
+        return bytes(h)
+
+    def map_rows(self, rows: np.ndarray) -> np.ndarray:
+        """New MACs for (n, 6) uint8 rows (the mode must not be keep)."""
+        if self.mode == "zero" or len(rows) == 0:
+            return np.zeros_like(rows)
+        flat = np.ascontiguousarray(rows).view("V6").ravel()
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        out = []
+        for u in uniq:
+            k = u.tobytes()
+            v = self._cache.get(k)
+            if v is None:
+                v = self._cache[k] = self._hash(k)
+            out.append(v)
+        return np.frombuffer(b"".join(out), dtype=np.uint8).reshape(-1, 6)[inverse.ravel()]
+
+
 class AddressMapper:
     """Maps batches of addresses according to the policy: IPv4 as uint32 arrays, IPv6 as
-    (hi, lo) uint64 halves. Per IPv6 address, IPv4 embedded in it is mapped first (with the
-    IPv4 mapping), then the address itself. tcprewrite-style maps run compiled (remap.py);
-    Crypto-PAn runs once per distinct address (cryptopan.py)."""
+    (hi, lo) uint64 halves.
 
-    def __init__(self, policy: Policy) -> None:
+    tcprewrite-style maps (compiled, remap.py) take an IPv6 address in two steps: IPv4 embedded
+    in it is mapped with the IPv4 mapping, then the address itself; an EUI-64 interface
+    identifier then carries the MAC as the MAC policy maps it. Crypto-PAn (cryptopan.py, once
+    per distinct address) maps the whole 128 bits exactly as reference Crypto-PAn does, which
+    leaves no embedded value readable; the two extra steps apply only to addresses outside
+    its scope."""
+
+    def __init__(self, policy: Policy, macs: MacMapper) -> None:
         self.policy = policy
+        self._macs = macs
         self._cpan = None
         if policy.cryptopan_key is not None:
             from bridge.sanitize.cryptopan import CryptoPAn  # imports `cryptography`: only when used
@@ -86,16 +149,25 @@ class AddressMapper:
             out[hit] = self._cpan.anonymize_v4(out[hit])
         return out
 
+    def _map_parts(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        """Map, in place, the IPv4 addresses embedded in (hi, lo) and the MACs in their EUI-64
+        interface identifiers."""
+        idx, slot, v4 = kernels.embedded(hi, lo)
+        if len(idx):
+            kernels.set_embedded(hi, lo, idx, slot,
+                                 self.map_v4(v4, np.full(len(v4), layout.ROLE_OTHER, dtype=np.int64)))
+        if self._macs.mode != "keep":
+            eui = _eui64_rows(lo)
+            if eui.any():
+                lo[eui] = _macs_iid(self._macs.map_rows(_iid_macs(lo[eui])))
+
     def map_v6(self, hi: np.ndarray, lo: np.ndarray, roles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """New (hi, lo) halves for IPv6 addresses."""
         hi, lo = hi.copy(), lo.copy()
         if len(hi) == 0:
             return hi, lo
-        idx, slot, v4 = kernels.embedded(hi, lo)
-        if len(idx):
-            kernels.set_embedded(hi, lo, idx, slot,
-                               self.map_v4(v4, np.full(len(v4), layout.ROLE_OTHER, dtype=np.int64)))
         if self._cpan is None:
+            self._map_parts(hi, lo)
             kernels.map6(hi, lo, roles, self._rules6)
             return hi, lo
         hit = np.ones(len(hi), dtype=bool)
@@ -103,42 +175,13 @@ class AddressMapper:
             hit[:] = False
             for c in self._scope6:
                 hit |= _in_scope6(hi, lo, c)
+        if not hit.all():
+            rest_hi, rest_lo = hi[~hit], lo[~hit]
+            self._map_parts(rest_hi, rest_lo)
+            hi[~hit], lo[~hit] = rest_hi, rest_lo
         if hit.any():
             hi[hit], lo[hit] = _halves(self._cpan.anonymize_rows(_rows16(hi[hit], lo[hit])))
         return hi, lo
-
-
-class MacMapper:
-    """Maps batches of 6-byte MAC rows: zero, or a keyed hash stable per key."""
-
-    _KEEP = (bytes(6), b"\xff" * 6)  # carry no identity; keep so broadcast stays broadcast
-
-    def __init__(self, mode: str, key: bytes | None) -> None:
-        self.mode = mode
-        self._key = key
-        self._cache: dict[bytes, bytes] = {}
-
-    def _hash(self, mac: bytes) -> bytes:
-        if mac in self._KEEP:
-            return mac
-        h = bytearray(hmac.new(self._key or b"", b"d4-bridge-mac" + mac, hashlib.sha256).digest()[:6])
-        # locally administered, and keep the group bit so multicast stays multicast
-        h[0] = (h[0] & 0xFC) | 0x02 | (mac[0] & 0x01)
-        return bytes(h)
-
-    def map_rows(self, rows: np.ndarray) -> np.ndarray:
-        if self.mode == "zero" or len(rows) == 0:
-            return np.zeros_like(rows)
-        flat = np.ascontiguousarray(rows).view("V6").ravel()
-        uniq, inverse = np.unique(flat, return_inverse=True)
-        out = []
-        for u in uniq:
-            k = u.tobytes()
-            v = self._cache.get(k)
-            if v is None:
-                v = self._cache[k] = self._hash(k)
-            out.append(v)
-        return np.frombuffer(b"".join(out), dtype=np.uint8).reshape(-1, 6)[inverse.ravel()]
 
 
 class Sanitizer:
@@ -147,8 +190,8 @@ class Sanitizer:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self._addr = AddressMapper(policy)
         self._mac = MacMapper(policy.mac_mode, policy.mac_key)
+        self._addr = AddressMapper(policy, self._mac)
         # work tables reused across batches: fresh ones would cost page faults every batch
         # (hence one Sanitizer per thread)
         self._scratch: dict[str, np.ndarray] = {}
@@ -193,20 +236,24 @@ class Sanitizer:
             v6 = self._table("v6", cap, 5, np.int64)
             mac = self._table("mac", cap, 2, np.int64)
             cs = self._table("cs", cap, layout.CS_COLS, np.int64)
-            n = np.array([0, 0, 0, 0, 0, 0, -1, 0], dtype=np.int64)
-            kernels.scan(buf, linktype, self.policy.mac_mode != "keep", self.policy.payload_keep,
-                         self.policy.on_unparseable == "cut", recs, verdict, reason, newcap, v4, v6, mac, cs, n,
-                         payload_at)
+            blank = self._table("blank", cap, 4, np.int64)
+            n = np.array([0, 0, 0, 0, 0, 0, -1, 0, 0], dtype=np.int64)
+            # pnat maps every TCP sequence/acknowledgment number inside its ranges (cheap);
+            # Crypto-PAn only those equal to an address of their header (one AES run per value)
+            kernels.scan(buf, linktype, self.policy.mac_mode != "keep", self.policy.mode == "pnat",
+                         self.policy.payload_keep, self.policy.on_unparseable == "cut", recs, verdict, reason, newcap,
+                         v4, v6, mac, cs, blank, n, payload_at)
             if n[6] >= 0:
                 raise PcapRecordError(f"record at byte {int(n[6])} runs past the end of {len(buf)} bytes")
             if not n[4]:
                 break
             cap *= 4
         nv4, nv6, nmac, ncs, _, count = (int(x) for x in n[:6])
+        nblank = int(n[8])
         if count == 0:
             return SanitizeResult(b"", 0, 0, 0, 0, {})
         recs, verdict, reason, newcap = recs[:count], verdict[:count], reason[:count], newcap[:count]
-        v4, v6, mac, cs = v4[:nv4], v6[:nv6], mac[:nmac], cs[:ncs]
+        v4, v6, mac, cs, blank = v4[:nv4], v6[:nv6], mac[:nmac], cs[:ncs], blank[:nblank]
 
         new4 = self._addr.map_v4(v4[:, 4].astype(np.uint32), v4[:, 2])
         enc = v4[:, 3]  # re-encode as the site stores it (layout.ENC_*); uint32 wraps mod 2^32
@@ -215,8 +262,8 @@ class Sanitizer:
         hi, lo = self._addr.map_v6(v6[:, 3].astype(np.uint64), v6[:, 4].astype(np.uint64), v6[:, 2])
         new6 = np.stack((hi, lo), axis=1)
         newmac = self._mac.map_rows(buf[mac[:, 0, None] + np.arange(6)]) if nmac else np.zeros((0, 6), np.uint8)
-        size = kernels.apply(buf, recs, newcap, v4, new4, v6, new6, mac, newmac, cs, nv4, nv6, nmac, ncs, int(n[7]) + 1,
-                             verdict, reason, payload_at)
+        size = kernels.apply(buf, recs, newcap, v4, new4, v6, new6, mac, newmac, cs, blank, nv4, nv6, nmac, ncs, nblank,
+                             int(n[7]) + 1, verdict, reason, payload_at)
 
         dropped = int((verdict == layout.V_DROP).sum())
         ncut = int((verdict == layout.V_CUT).sum())

@@ -12,7 +12,8 @@ from bridge.sanitize.policy import Policy
 # roles of an address site (which tcprewrite map applies)
 ROLE_SRC, ROLE_DST, ROLE_OTHER = 0, 1, 2
 
-# reason codes; index into REASONS
+# reason codes; index into REASONS. partial_field: the capture cut a header inside a field, which
+# is cut before that field; trailer: bytes past the IP (or ARP, UDP) length were cut
 REASONS = (
     "ok",
     "truncated_l2",
@@ -22,13 +23,11 @@ REASONS = (
     "bad_ip_options",
     "ip_source_route",
     "unknown_ip_proto",
-    "fragment",
     "truncated_l4",
     "unknown_icmp_type",
     "unknown_icmp6_type",
     "bad_nd_option",
     "ipv6_routing_header",
-    "ipv6_home_address",
     "truncated_ext_header",
     "unsupported_gre",
     "unsupported_arp",
@@ -37,10 +36,12 @@ REASONS = (
     "unsupported_l2_address",
     "payload",
     "self_check",
+    "partial_field",
+    "trailer",
 )
-(R_OK, R_TRUNC_L2, R_ETHERTYPE, R_TRUNC_IP, R_BAD_IP, R_BAD_OPT, R_SRCROUTE, R_PROTO, R_FRAG, R_TRUNC_L4,
- R_ICMP, R_ICMP6, R_ND_OPT, R_ROUTING, R_HOMEADDR, R_TRUNC_EXT, R_GRE, R_ARP, R_NEST, R_TEREDO, R_L2ADDR,
- R_PAYLOAD, R_SELF_CHECK) = range(len(REASONS))
+(R_OK, R_TRUNC_L2, R_ETHERTYPE, R_TRUNC_IP, R_BAD_IP, R_BAD_OPT, R_SRCROUTE, R_PROTO, R_TRUNC_L4,
+ R_ICMP, R_ICMP6, R_ND_OPT, R_ROUTING, R_TRUNC_EXT, R_GRE, R_ARP, R_NEST, R_TEREDO, R_L2ADDR,
+ R_PAYLOAD, R_SELF_CHECK, R_PARTIAL, R_TRAILER) = range(len(REASONS))
 
 # packet verdicts in scan's output
 V_KEEP, V_CUT, V_DROP = 0, 1, 2

@@ -62,8 +62,11 @@ def map6(hi, lo, roles, rules):
 
 @njit(cache=True)
 def embedded(hi, lo):
-    """Find IPv4 addresses embedded in IPv6 (IPv4-mapped ::ffff:0:0/96, NAT64 64:ff9b::/96,
-    6to4 2002::/16, Teredo 2001::/32 server and inverted client). Returns (index, slot, value)."""
+    """Find IPv4 addresses embedded in IPv6: in the low 32 bits of IPv4-mapped ::ffff:0:0/96,
+    SIIT ::ffff:0:0:0/96, IPv4-compatible ::/96, NAT64 64:ff9b::/96 and the local-use
+    64:ff9b:1::/48 (its /96 prefixes), and ISATAP interface identifiers (::0:5efe:0:0/96 and
+    ::200:5efe:0:0/96 under any prefix); 6to4 2002::/16; Teredo 2001::/32 server and inverted
+    client. Returns (index, slot, value)."""
     n = hi.shape[0]
     idx = np.empty(2 * n, dtype=np.int64)
     slot = np.empty(2 * n, dtype=np.int64)
@@ -72,7 +75,10 @@ def embedded(hi, lo):
     for i in range(n):
         h = hi[i]
         l = lo[i]
-        if (h == 0 and (l >> np.uint64(32)) == 0xFFFF) or (h == 0x0064FF9B00000000 and (l >> np.uint64(32)) == 0):
+        top = l >> np.uint64(32)
+        if (h == 0 and (top == 0xFFFF or top == 0xFFFF0000 or top == 0)) or \
+                (h == 0x0064FF9B00000000 and top == 0) or (h >> np.uint64(16)) == 0x0064FF9B0001 or \
+                (top & np.uint64(0xFDFFFFFF)) == 0x00005EFE:
             idx[k] = i
             slot[k] = SLOT_LOW32
             val[k] = l & 0xFFFFFFFF

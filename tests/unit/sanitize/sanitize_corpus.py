@@ -191,7 +191,7 @@ def cases() -> list[Case]:
         Case("ipv6_ext_headers", 1, eth6(ipv6("fd00::1", "2001:db8:1::2", 0, bytes([60, 0, 1, 4, 0, 0, 0, 0]) + bytes([17, 0, 1, 4, 0, 0, 0, 0]) + udp(a6("fd00::1"), a6("2001:db8:1::2"), 1, 2, b"ext")))),
         Case("ipv6_fragment_first", 1, eth6(ipv6("fd00::1", "2001:db8:1::2", 44, struct.pack("!BBHI", 17, 0, 0x0001, 99) + udp(a6("fd00::1"), a6("2001:db8:1::2"), 1, 2, b"f" * 16)))),
         Case("ipv6_fragment_later_udp", 1, eth6(ipv6("fd00::1", "2001:db8:1::2", 44, struct.pack("!BBHI", 17, 0, 0x0100, 99) + b"more")),),
-        Case("ipv6_fragment_later_icmp6", 1, eth6(ipv6("fd00::1", "2001:db8:1::2", 44, struct.pack("!BBHI", 58, 0, 0x0100, 99) + b"x" * 40)), "drop", "fragment"),
+        Case("ipv6_fragment_later_icmp6", 1, eth6(ipv6("fd00::1", "2001:db8:1::2", 44, struct.pack("!BBHI", 58, 0, 0x0100, 99) + b"x" * 40)), "keep", "payload"),
         Case("ipv6_routing_header", 1, eth6(ipv6("fd00::1", "2001:db8:1::2", 43, bytes([17, 2, 0, 1, 0, 0, 0, 0]) + a6("fd00::99") + udp(a6("fd00::1"), a6("2001:db8:1::2"), 1, 2))), "drop", "ipv6_routing_header"),
         Case("icmp6_unreach", 1, eth6(ip6_icmp6("2001:db8:1::1", "fd00::5", 1, 3, bytes(4) + q6))),
         Case("icmp6_too_big", 1, eth6(ip6_icmp6("2606:4700::1", "fd00::5", 2, 0, struct.pack("!I", 1280) + q6))),

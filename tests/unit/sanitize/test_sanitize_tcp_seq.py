@@ -75,18 +75,36 @@ def test_reply_ack_follows_the_mapped_source_plus_one(mode, flags, tmp_path):
     assert a4(TELESCOPE) not in out and (ADDR + 1).to_bytes(4, "big") not in out
 
 
-def test_ack_without_ack_flag_and_unrelated_numbers_are_left_alone():
+def test_numbers_outside_the_ranges_are_left_alone(tmp_path):
     frames = [
-        eth(ip_tcp(SCANNER, TELESCOPE, ADDR + 1, ADDR + 1, 0x02)),          # near misses, no ACK flag
-        eth(ip_tcp(SCANNER, TELESCOPE, ADDR - 1, ADDR + 2, 0x10)),          # near misses with ACK
-        eth(ip_tcp(SCANNER, TELESCOPE, int.from_bytes(a4("10.9.9.9"), "big"), 0, 0x02)),  # not this header's
         eth(ip_tcp(SCANNER, TELESCOPE, int.from_bytes(a4(SCANNER), "big"), 0, 0x02)),     # unmapped address
+        eth(ip_tcp(SCANNER, TELESCOPE, 0x12345678, 0x9ABCDEF0, 0x10)),                     # ordinary numbers
+    ]
+    for mode in ("pnat", "cryptopan"):
+        if mode == "cryptopan":
+            frames = frames[1:]  # Crypto-PAn anonymizes every address: only numbers unlike one stay
+        outs = sanitize(policy(mode, tmp_path), frames)
+        for before, after in zip(frames, outs):
+            b, a = dpkt.ethernet.Ethernet(before).data.data, dpkt.ethernet.Ethernet(after).data.data
+            assert (a.seq, a.ack) == (b.seq, b.ack)
+            assert_checksums_valid(after)
+
+
+def test_pnat_maps_every_number_inside_its_ranges():
+    # not only this header's address: another private host's address, near misses, any flags;
+    # an acknowledgment number is taken as "one past" a value, so seq/ack pairs stay consistent
+    other = int.from_bytes(a4("10.9.9.9"), "big")
+    frames = [
+        eth(ip_tcp(SCANNER, TELESCOPE, ADDR + 1, ADDR + 2, 0x02)),
+        eth(ip_tcp(SCANNER, TELESCOPE, other, other + 1, 0x10)),
     ]
     outs = sanitize(policy_from_flags(pnat=PNAT), frames)
-    for before, after in zip(frames, outs):
-        b, a = dpkt.ethernet.Ethernet(before).data.data, dpkt.ethernet.Ethernet(after).data.data
-        assert (a.seq, a.ack) == (b.seq, b.ack)
-        assert_checksums_valid(after)
+    mapped = int.from_bytes(a4("44.1.245.33"), "big")
+    mapped_other = int.from_bytes(a4("44.9.9.9"), "big")
+    got = [(dpkt.ethernet.Ethernet(o).data.data.seq, dpkt.ethernet.Ethernet(o).data.data.ack) for o in outs]
+    assert got == [(mapped + 1, mapped + 2), (mapped_other, mapped_other + 1)]
+    for out in outs:
+        assert_checksums_valid(out)
 
 
 def test_quoted_tcp_header_in_icmp_error():
