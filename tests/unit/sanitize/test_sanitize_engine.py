@@ -7,11 +7,13 @@ import ipaddress
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.pcap import iter_packets, pack_record
 from bridge.sanitize import PcapRecordError, Sanitizer, policy_from_flags
 from bridge.sanitize.leakcheck import addresses, checksum_errors
-from sanitize_corpus import MAC_A, MAC_B, MAC_ND, PNAT, PRIVATE, Case, a4, cases, eth, ip4_tcp, ip4_udp, records
+from sanitize_corpus import MAC_A, MAC_B, MAC_ND, PNAT, PRIVATE, Case, a4, cases, eth, ip4_tcp, ip4_udp, ipv6, records
 
 NETS = [ipaddress.ip_network(c) for c in PRIVATE]
 
@@ -223,3 +225,38 @@ def test_ipv6_pnat_is_bit_exact_for_unaligned_prefixes():
         1, records([Case("u", 1, eth6(ip6_udp("fd0f:1::5", "2606:4700::1")))]))
     data = bytes(next(iter_packets(res.packets))[3])
     assert data[22:38] == a6("2a5f:1::5")
+
+
+CPAN_KEY = bytes([21, 34, 23, 141, 51, 164, 207, 128, 19, 10, 91, 22, 73, 144, 125, 16,
+                  216, 152, 143, 131, 121, 121, 101, 39, 98, 87, 76, 45, 42, 132, 34, 2])
+
+
+def _cpan_v6_through_engine(tmp_path, src: str, dst: str) -> tuple[str, str]:
+    key = tmp_path / "cpan.key"
+    key.write_bytes(CPAN_KEY)
+    res = Sanitizer(policy_from_flags(cryptopan_key=str(key))).sanitize_batch(
+        229, pack_record(0, ipv6(src, dst, 59, b"")))
+    data = bytes(next(iter_packets(res.packets))[3])
+    return str(ipaddress.IPv6Address(data[8:24])), str(ipaddress.IPv6Address(data[24:40]))
+
+
+def test_cryptopan_ipv6_is_reference_exact_for_embedding_forms(tmp_path):
+    # IPv4-mapped, compatible, NAT64, 6to4, Teredo: no pre-mapping of the embedded IPv4, all
+    # 128 bits exactly as reference Crypto-PAn (cryptopan.py is checked against its vectors)
+    from bridge.sanitize.cryptopan import CryptoPAn
+
+    cp = CryptoPAn(CPAN_KEY)
+    pairs = [("::ffff:192.0.2.128", "::192.0.2.1"), ("64:ff9b::10.1.2.3", "2002:a01:203::1"),
+             ("2001:0:a01:203::f5fe:fdfc", "fd00:10:1::5efe:a01:203")]
+    for src, dst in pairs:
+        assert _cpan_v6_through_engine(tmp_path, src, dst) == (cp.anonymize(src), cp.anonymize(dst))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=16, max_size=16))
+def test_cryptopan_ipv6_engine_matches_reference_for_any_input(tmp_path_factory, raw):
+    from bridge.sanitize.cryptopan import CryptoPAn
+
+    addr = str(ipaddress.IPv6Address(raw))
+    got = _cpan_v6_through_engine(tmp_path_factory.mktemp("k"), addr, "2001:db8::1")
+    assert got[0] == CryptoPAn(CPAN_KEY).anonymize(addr)
