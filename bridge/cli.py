@@ -52,10 +52,14 @@ def _policy_flags(section: str = "sanitize") -> list[Flag]:
         F("--dstipmap", key=f"{section}.dstipmap", help="tcprewrite --dstipmap pairs"),
         F("--cryptopan-key", key=f"{section}.cryptopan_key", help="Crypto-PAn 32-byte key file", metavar="FILE"),
         F("--policy", key=f"{section}.policy", help="TOML sanitization policy file", metavar="FILE"),
-        F("--mac", key=f"{section}.mac", help="MAC addresses: keep, zero or hash", choices=["keep", "zero", "hash"]),
-        F("--payload", key=f"{section}.payload", help="payload: keep, headers or cut:N (bytes after the transport header)"),
+        F("--mac", key=f"{section}.mac", help="MAC addresses: keep, zero or hash (default: hash with a key, else zero)",
+          choices=["keep", "zero", "hash"]),
+        F("--payload", key=f"{section}.payload",
+          help="payload: keep, headers (default) or cut:N (bytes after the transport header)"),
         F("--on-unparseable", key=f"{section}.on_unparseable", help="packets not parseable far enough: drop (default) or cut",
           choices=["drop", "cut"]),
+        F("--compat", key=f"{section}.compat", choices=["none", "tcprewrite"],
+          help="tcprewrite: keep MACs and payloads as tcprewrite does (less safe; --mac/--payload still override)"),
     ]
 
 

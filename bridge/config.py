@@ -210,9 +210,13 @@ class SanitizeConfig:
     group: str = opt("d4-bridge-sanitize", "consumer group")
     input: str = opt("", "sanitize-file: input pcap")
     output: str = opt("", "sanitize-file: output pcap")
-    mac: str = opt("", "MAC addresses: keep, zero or hash (overrides the policy file)")
-    payload: str = opt("", "payload: keep, headers or cut:N (overrides the policy file)")
-    on_unparseable: str = opt("", "packets not parseable far enough: drop or cut (overrides the policy file)")
+    mac: str = opt("", "MAC addresses: keep, zero or hash (default: hash with a key, else zero; overrides the "
+                       "policy file)")
+    payload: str = opt("", "payload: keep, headers or cut:N (default: headers; overrides the policy file)")
+    on_unparseable: str = opt("", "packets not parseable far enough: drop or cut (default: drop; overrides the "
+                                  "policy file)")
+    compat: str = opt("", "tcprewrite: keep MACs and payloads as tcprewrite does (less safe; mac and payload still "
+                          "override); none: the safe defaults (overrides the policy file)")
     transaction_records: int = opt(32, "input records per transaction at most (32 x 256 KiB batches = 8 MiB)",
                                    positive)
     transaction_seconds: float = opt(0.2, "seconds a transaction waits for records at most (latency bound)",

@@ -253,6 +253,9 @@ def _worker_main(cfg: Config, index: int) -> int:
     log.info("%s worker %d: %s -> %s, group %s, transactional.id %s, policy %s version %s", HOP, index,
              cfg.sanitize.in_topic, cfg.sanitize.out_topic, cfg.sanitize.group, worker.txn_id, policy.name,
              policy.version)
+    if policy.less_safe():
+        # an explicit choice, but never a silent one: the log says what reaches the hub
+        log.warning("%s worker %d: %s", HOP, index, policy.less_safe())
     try:
         worker.run(shutdown)
     except Fenced as exc:

@@ -24,6 +24,9 @@ def run(cfg: Config) -> int:
     except PolicyError as exc:
         print(f"d4-bridge sanitize-file: invalid policy: {exc}", file=sys.stderr)
         return 2
+    if policy.less_safe():
+        # before the work starts, so that it is seen even when the run is interrupted
+        print(f"WARNING {policy.less_safe()}", file=sys.stderr)
     try:
         summary = sanitize_file(scfg.input, scfg.output, policy, progress=True)
     except (OSError, PcapFormatError) as exc:

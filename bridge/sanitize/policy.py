@@ -4,9 +4,17 @@ A policy comes from a TOML file (`--policy FILE`) or from the tcprewrite-style f
 (`--pnat`, `--srcipmap`, `--dstipmap`, `--cryptopan-key FILE`). Both routes go through
 `Policy.from_mapping`, so a flag and the equivalent TOML key mean exactly the same thing.
 
+The defaults are those of the sharing use case (backscatter analysis needs headers only):
+payloads are cut after the last understood header, MAC addresses are hashed with the site key
+(the Crypto-PAn key, or mac.key_file) or zeroed when there is no key, and packets that cannot
+be parsed far enough are dropped. `compat = "tcprewrite"` selects tcprewrite's behaviour instead
+(MACs and payloads kept): an explicit, less safe choice that the hops announce with a warning.
+An explicit mac.mode or payload.mode wins over both.
+
 TOML layout (every key optional except one address mapping)::
 
     name = "site-a"
+    compat = "none"                    # none | tcprewrite (mac and payload default to keep)
     [addresses]
     pnat = "10.1.0.0/16:192.168.0.0/16,[fd00::/16]:[2001:db8::/32]"   # tcprewrite --pnat
     srcipmap = "..."                                                    # tcprewrite --srcipmap
@@ -14,10 +22,10 @@ TOML layout (every key optional except one address mapping)::
     cryptopan_key_file = "key.bin"     # 32 raw bytes or 64 hex digits
     cryptopan_scope = "all"            # or a list of CIDRs: ["10.0.0.0/8", "fd00::/8"]
     [mac]
-    mode = "keep"                      # keep | zero | hash
+    mode = "hash"                      # keep | zero | hash; default hash with a key, else zero
     key_file = "mac.key"               # for hash; defaults to the Crypto-PAn key
     [payload]
-    mode = "keep"                      # keep | cut | headers
+    mode = "headers"                   # keep | cut | headers (the default)
     bytes = 64                         # for cut: bytes kept after the innermost transport header
     [unparseable]
     action = "drop"                    # drop | cut
@@ -37,6 +45,9 @@ from typing import Any, Literal, Mapping
 MacMode = Literal["keep", "zero", "hash"]
 PayloadMode = Literal["keep", "cut", "headers"]
 UnparseableAction = Literal["drop", "cut"]
+Compat = Literal["none", "tcprewrite"]
+
+COMPAT_CHOICES: tuple[str, ...] = ("none", "tcprewrite")
 
 KEY_BYTES = 32
 
@@ -161,11 +172,12 @@ class Policy:
     dstipmap: tuple[CidrPair, ...] = ()
     cryptopan_key: bytes | None = field(default=None, repr=False)
     cryptopan_scope: tuple[Cidr, ...] | None = None  # None = every address
-    mac_mode: MacMode = "keep"
+    mac_mode: MacMode = "zero"
     mac_key: bytes | None = field(default=None, repr=False)
-    payload_mode: PayloadMode = "keep"
+    payload_mode: PayloadMode = "headers"
     payload_bytes: int = 0
     on_unparseable: UnparseableAction = "drop"
+    compat: Compat = "none"  # "tcprewrite": mac and payload defaulted to keep (recorded in version)
 
     @property
     def mode(self) -> Literal["pnat", "cryptopan"]:
@@ -175,6 +187,18 @@ class Policy:
     def payload_keep(self) -> int:
         """Bytes kept after the innermost transport header; -1 keeps everything."""
         return {"keep": -1, "cut": self.payload_bytes, "headers": 0}[self.payload_mode]
+
+    def less_safe(self) -> str:
+        """One line naming what this policy lets through that the safe defaults remove (MAC
+        addresses, whole payloads), for the warning a hop logs at start; "" when nothing."""
+        kept = [(what, risk) for what, risk, on in (
+            ("MAC addresses", "MACs identify the site's hosts and their vendors", self.mac_mode == "keep"),
+            ("payloads", "payloads can hold private addresses in any form", self.payload_mode == "keep")) if on]
+        if not kept:
+            return ""
+        why = " (compat tcprewrite)" if self.compat == "tcprewrite" else ""
+        return (f"less safe: policy {self.name!r} keeps {' and '.join(w for w, _ in kept)}{why}: "
+                + "; ".join(r for _, r in kept))
 
     @cached_property
     def key_fingerprint(self) -> str:
@@ -193,6 +217,7 @@ class Policy:
             "mac": self.mac_mode,
             "payload": [self.payload_mode, self.payload_bytes],
             "unparseable": self.on_unparseable,
+            "compat": self.compat,
             "key_fingerprint": self.key_fingerprint,
         }
 
@@ -206,11 +231,13 @@ class Policy:
     def from_mapping(cls, data: Mapping[str, Any], base_dir: Path | None = None, default_name: str = "default") -> "Policy":
         """Build a policy from the TOML structure (see the module docstring); relative key paths
         are resolved against base_dir."""
-        _check_keys(data, {"name", "addresses", "mac", "payload", "unparseable"}, "policy")
+        _check_keys(data, {"name", "compat", "addresses", "mac", "payload", "unparseable"}, "policy")
         base = base_dir or Path.cwd()
         name = data.get("name", default_name)
         if not isinstance(name, str) or not name:
             raise PolicyError("name: must be a non-empty string")
+        compat = _choice(data.get("compat", "none"), COMPAT_CHOICES, "compat")
+        tcprewrite = compat == "tcprewrite"
 
         addr = data.get("addresses", {})
         _check_keys(addr, {"pnat", "srcipmap", "dstipmap", "cryptopan_key_file", "cryptopan_scope"}, "addresses")
@@ -238,7 +265,9 @@ class Policy:
 
         mac = data.get("mac", {})
         _check_keys(mac, {"mode", "key_file"}, "mac")
-        mac_mode = _choice(mac.get("mode", "keep"), ("keep", "zero", "hash"), "mac.mode")
+        # without a key a hash would be a fixed public function of the MAC: zero it instead
+        safe_mac = "hash" if key is not None or "key_file" in mac else "zero"
+        mac_mode = _choice(mac.get("mode", "keep" if tcprewrite else safe_mac), ("keep", "zero", "hash"), "mac.mode")
         mac_key = None
         if mac_mode == "hash":
             if "key_file" in mac:
@@ -252,7 +281,8 @@ class Policy:
 
         payload = data.get("payload", {})
         _check_keys(payload, {"mode", "bytes"}, "payload")
-        payload_mode = _choice(payload.get("mode", "keep"), ("keep", "cut", "headers"), "payload.mode")
+        payload_mode = _choice(payload.get("mode", "keep" if tcprewrite else "headers"), ("keep", "cut", "headers"),
+                               "payload.mode")
         nbytes = payload.get("bytes", 0)
         if payload_mode == "cut":
             if "bytes" not in payload or not isinstance(nbytes, int) or isinstance(nbytes, bool) or not 0 <= nbytes <= 65535:
@@ -266,7 +296,7 @@ class Policy:
 
         return cls(name=name, pnat=pnat, srcipmap=srcmap, dstipmap=dstmap, cryptopan_key=key,
                    cryptopan_scope=scope, mac_mode=mac_mode, mac_key=mac_key, payload_mode=payload_mode,
-                   payload_bytes=nbytes if payload_mode == "cut" else 0, on_unparseable=action)
+                   payload_bytes=nbytes if payload_mode == "cut" else 0, on_unparseable=action, compat=compat)
 
 
 def _read_toml(path: str | Path) -> dict[str, Any]:
@@ -288,10 +318,11 @@ def load_policy(path: str | Path) -> Policy:
 def policy_from_flags(*, policy_file: str | None = None, pnat: str | None = None, srcipmap: str | None = None,
                       dstipmap: str | None = None, cryptopan_key: str | None = None, mac: str | None = None,
                       payload: str | None = None, on_unparseable: str | None = None,
-                      name: str | None = None) -> Policy:
+                      compat: str | None = None, name: str | None = None) -> Policy:
     """Build a policy from command-line flags; flags given next to --policy override its values.
 
-    payload is "keep", "headers" or "cut:N".
+    payload is "keep", "headers" or "cut:N"; compat is "none" or "tcprewrite" (it changes the
+    defaults of mac and payload only, so an explicit mac or payload, flag or file, still wins).
     """
     data: dict[str, Any] = {}
     base = None
@@ -318,6 +349,8 @@ def policy_from_flags(*, policy_file: str | None = None, pnat: str | None = None
             data["payload"] = {"mode": payload}
     if on_unparseable:
         data["unparseable"] = {"action": on_unparseable}
+    if compat:
+        data["compat"] = compat
     if name:
         data["name"] = name
     return Policy.from_mapping(data, base_dir=base, default_name="flags")
@@ -325,8 +358,9 @@ def policy_from_flags(*, policy_file: str | None = None, pnat: str | None = None
 
 def policy_from_config(section: Any) -> Policy:
     """Build the policy from a configuration section with the policy flag fields (policy,
-    pnat, srcipmap, dstipmap, cryptopan_key, mac, payload, on_unparseable; "" = not given)."""
+    pnat, srcipmap, dstipmap, cryptopan_key, mac, payload, on_unparseable, compat; "" = not given)."""
     get = lambda name: getattr(section, name, "") or None  # noqa: E731
     return policy_from_flags(policy_file=get("policy"), pnat=get("pnat"), srcipmap=get("srcipmap"),
                              dstipmap=get("dstipmap"), cryptopan_key=get("cryptopan_key"), mac=get("mac"),
-                             payload=get("payload"), on_unparseable=get("on_unparseable"))
+                             payload=get("payload"), on_unparseable=get("on_unparseable"),
+                             compat=get("compat"))

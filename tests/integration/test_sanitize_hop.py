@@ -226,6 +226,7 @@ def test_sigkill_mid_stream_exactly_once(kafka_config, unique, tmp_path):
                 except subprocess.TimeoutExpired:
                     proc.kill()
     assert second.returncode == 0, log.read_text()[-3000:]
+    assert "less safe" not in log.read_text()  # the default policy keeps neither MACs nor payloads
 
     by_lineage: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for m in out:
@@ -254,7 +255,8 @@ def test_sigkill_mid_stream_exactly_once(kafka_config, unique, tmp_path):
 def test_two_worker_processes_share_the_group_and_stop_cleanly(kafka_config, unique, tmp_path):
     tin, tout, group = unique("pcap"), unique("san"), unique("g")
     kafka.create_topics(kafka_config, 4, topics=[tin, tout])
-    config_file = _config_file(tmp_path, kafka_config, tin, tout, group, "workers = 2\n")
+    # the less safe compat choice: each worker says so once, and the output is that policy's
+    config_file = _config_file(tmp_path, kafka_config, tin, tout, group, 'workers = 2\ncompat = "tcprewrite"\n')
     log = tmp_path / "workers.log"
     proc = _start_worker(config_file, log)
     session, total = unique("s"), 120
@@ -271,7 +273,9 @@ def test_two_worker_processes_share_the_group_and_stop_cleanly(kafka_config, uni
     assert proc.returncode == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "worker 0" in text and "worker 1" in text  # two processes really ran
-    reference = Sanitizer(policy_from_flags(pnat=PNAT))
+    warnings = [line for line in text.splitlines() if "less safe" in line]
+    assert len(warnings) == 2 and all(" WARNING " in w and "MAC addresses and payloads" in w for w in warnings)
+    reference = Sanitizer(policy_from_flags(pnat=PNAT, compat="tcprewrite"))
     lineages: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for m in out:
         r = records.decode(m.value(), expect="PcapBatch")

@@ -10,6 +10,7 @@ import pytest
 
 from bridge.cli import build_parser
 from bridge.config import reference_markdown
+from bridge.sanitize.policy import load_policy
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -44,3 +45,21 @@ def test_readme_command_lines_parse(line: str) -> None:
 
 def test_readme_shows_commands() -> None:
     assert len(command_lines()) >= 6  # the extraction finds the site, hub and demo examples
+
+
+def policy_examples() -> list[str]:
+    """The README's TOML blocks that are sanitization policy files."""
+    return [b for b in re.findall(r"```toml\n(.*?)```", README, flags=re.S) if "[addresses]" in b]
+
+
+@pytest.mark.parametrize("text", policy_examples())
+def test_readme_policy_examples_load(text: str, tmp_path: Path) -> None:
+    for name in re.findall(r'key_file = "([^"]+)"', text):
+        (tmp_path / name).write_bytes(bytes(range(32)))
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    assert load_policy(path).name
+
+
+def test_readme_shows_a_policy_example() -> None:
+    assert policy_examples()

@@ -33,16 +33,37 @@ def big_endian_copy(src, dst) -> None:
 
 
 def test_sanitize_file_then_leakcheck_clean(corpus_pcap, tmp_path):
+    # payloads kept: every byte of the corpus reaches the output, the hardest case for leaks
     orig, eth_cases = corpus_pcap
     out = tmp_path / "out.pcap"
-    summary = sanitize_file(orig, out, policy_from_flags(pnat=PNAT), progress=True, stream=io.StringIO())
+    summary = sanitize_file(orig, out, policy_from_flags(pnat=PNAT, payload="keep"), progress=True,
+                            stream=io.StringIO())
     assert summary.count == len(eth_cases)
     assert summary.dropped == sum(c.expect == "drop" for c in eth_cases)
-    assert summary.kept == summary.count - summary.dropped and summary.cut == 0
-    assert sum(summary.reasons.values()) == summary.dropped
+    # only bytes past a packet's IP length are cut (reason "trailer"), never a payload
+    assert summary.kept + summary.cut == summary.count - summary.dropped
+    assert summary.cut == summary.reasons["trailer"]
+    assert sum(summary.reasons.values()) == summary.dropped + summary.cut
     report = leakcheck(orig, out, PRIVATE)
     assert report.ok, report.lines()
-    assert report.private_in_orig > 40 and report.packets_sanitized == summary.kept
+    assert report.private_in_orig > 40 and report.packets_sanitized == summary.kept + summary.cut
+
+
+def test_default_policy_cuts_payloads_then_leakcheck_clean(corpus_pcap, tmp_path):
+    orig, eth_cases = corpus_pcap
+    out = tmp_path / "out.pcap"
+    summary = sanitize_file(orig, out, policy_from_flags(pnat=PNAT), progress=False)
+    assert summary.count == len(eth_cases)
+    assert summary.dropped == sum(c.expect == "drop" for c in eth_cases)
+    # a packet with payload is cut (counted by reason "payload"), one without is kept whole
+    # (but for bytes past its IP length: reason "trailer")
+    assert summary.kept + summary.cut == summary.count - summary.dropped
+    assert summary.cut == summary.reasons["payload"] + summary.reasons["trailer"]
+    assert summary.reasons["payload"] > len(eth_cases) // 4
+    assert sum(summary.reasons.values()) == summary.dropped + summary.cut
+    report = leakcheck(orig, out, PRIVATE)
+    assert report.ok, report.lines()
+    assert report.private_in_orig > 40 and report.packets_sanitized == summary.kept + summary.cut
 
 
 def test_leakcheck_finds_what_a_narrow_policy_leaves(corpus_pcap, tmp_path):
@@ -96,3 +117,20 @@ def test_command_line(corpus_pcap, tmp_path, capsys):
     assert "leaks:" in capsys.readouterr().out
     assert main(["sanitize-file", str(orig), str(out), "--pnat", "10.0.0.0/33:1.0.0.0/8"]) == 2
     assert "10.0.0.0/33" in capsys.readouterr().err
+
+
+def test_less_safe_choices_are_announced(corpus_pcap, tmp_path, capsys):
+    orig, _ = corpus_pcap
+    out = tmp_path / "out.pcap"
+    assert main(["sanitize-file", str(orig), str(out), "--pnat", PNAT]) == 0
+    assert "less safe" not in capsys.readouterr().err
+    assert main(["sanitize-file", str(orig), str(out), "--pnat", PNAT, "--compat", "tcprewrite"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "less safe" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING")
+    assert "MAC addresses and payloads" in warnings[0] and "compat tcprewrite" in warnings[0]
+    assert main(["sanitize-file", str(orig), str(out), "--pnat", PNAT, "--compat", "tcprewrite", "--mac", "zero"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "less safe" in line]
+    assert len(warnings) == 1 and "keeps payloads" in warnings[0] and "MAC" not in warnings[0]
+    assert main(["sanitize-file", str(orig), str(out), "--pnat", PNAT, "--compat", "tcprewrite", "--mac", "zero",
+                 "--payload", "headers"]) == 0
+    assert "less safe" not in capsys.readouterr().err
