@@ -21,7 +21,7 @@ MODULE = "_kernels"
 
 # exported name -> (compiled function, signature); 'A' layout where callers pass column views
 SIGNATURES = {
-    "scan": (walk.scan, "void(u1[::1], i8, b1, b1, i8, b1, i8[::1], i1[::1], i8[::1], i8[::1], "
+    "scan": (walk.scan, "void(u1[::1], i8, b1, i8[:, ::1], i8, b1, i8[::1], i1[::1], i8[::1], i8[::1], "
                         "i8[:, ::1], i8[:, ::1], i8[:, ::1], i8[:, ::1], i8[:, ::1], i8[::1], i8[::1])"),
     "apply": (walk.apply, "i8(u1[::1], i8[::1], i8[::1], i8[:, ::1], u4[::1], i8[:, ::1], u8[:, ::1], "
                           "i8[:, ::1], u1[:, ::1], i8[:, ::1], i8[:, ::1], i8, i8, i8, i8, i8, i8, i1[::1], i8[::1], "

@@ -192,6 +192,10 @@ class Sanitizer:
         self.policy = policy
         self._mac = MacMapper(policy.mac_mode, policy.mac_key)
         self._addr = AddressMapper(policy, self._mac)
+        # TCP sequence/acknowledgment numbers inside these ranges are mapped as addresses
+        # (pnat: cheap); Crypto-PAn maps only those equal to an address of their header (each
+        # distinct value costs an AES run)
+        self._seq_rules = layout.rules4(policy) if policy.mode == "pnat" else np.zeros((0, 5), dtype=np.int64)
         # work tables reused across batches: fresh ones would cost page faults every batch
         # (hence one Sanitizer per thread)
         self._scratch: dict[str, np.ndarray] = {}
@@ -234,13 +238,11 @@ class Sanitizer:
         while True:
             v4 = self._table("v4", cap, 5, np.int64)
             v6 = self._table("v6", cap, 5, np.int64)
-            mac = self._table("mac", cap, 2, np.int64)
+            mac = self._table("mac", cap, 3, np.int64)
             cs = self._table("cs", cap, layout.CS_COLS, np.int64)
             blank = self._table("blank", cap, 4, np.int64)
             n = np.array([0, 0, 0, 0, 0, 0, -1, 0, 0], dtype=np.int64)
-            # pnat maps every TCP sequence/acknowledgment number inside its ranges (cheap);
-            # Crypto-PAn only those equal to an address of their header (one AES run per value)
-            kernels.scan(buf, linktype, self.policy.mac_mode != "keep", self.policy.mode == "pnat",
+            kernels.scan(buf, linktype, self.policy.mac_mode != "keep", self._seq_rules,
                          self.policy.payload_keep, self.policy.on_unparseable == "cut", recs, verdict, reason, newcap,
                          v4, v6, mac, cs, blank, n, payload_at)
             if n[6] >= 0:

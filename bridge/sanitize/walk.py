@@ -103,13 +103,15 @@ def _add_v6(v6, n, off, pkt, role):
 
 
 @njit(cache=True, inline="always")
-def _add_mac(mac, n, off, pkt):
+def _add_mac(mac, n, off, pkt, covered):
+    """A MAC site; covered: whether a checksum covers it (inside an IP packet)."""
     k = n[2]
     if k >= mac.shape[0]:
         n[4] = 1
         return
     mac[k, 0] = off
     mac[k, 1] = pkt
+    mac[k, 2] = covered
     n[2] = k + 1
 
 
@@ -130,7 +132,7 @@ def _add_cs(cs, n, pkt, field, start, end, ps_src, ps_dst, ps_len, udp):
     n[3] = k + 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _add_blank(blank, n, off, length, pkt, fill):
     """Overwrite [off, off + length) with `fill` unless it already holds only that byte."""
     if length <= 0:
@@ -146,13 +148,22 @@ def _add_blank(blank, n, off, length, pkt, fill):
     n[8] = k + 1
 
 
-@njit(cache=True)
-def _tcp_numbers(buf, v4, n, p, plim, ip_src, ip_dst, pkt, seq_all):
+@njit(cache=True, inline="always")
+def _in_ranges(value, rules):
+    """Whether the IPv4 value lies in the FROM range of one of the rules (layout.rules4)."""
+    for r in range(rules.shape[0]):
+        if (value & rules[r, 2]) == rules[r, 1]:
+            return True
+    return False
+
+
+@njit(cache=True, inline="always")
+def _tcp_numbers(buf, v4, n, p, plim, ip_src, ip_dst, pkt, seq_rules):
     """Record the TCP sequence / acknowledgment numbers at p as IPv4 sites, as far as the
     (possibly quoted, truncated) header [p, plim) holds them whole. ip_src, ip_dst: offsets of
     the IPv4 header's address fields (-1 for IPv6). A number equal to one of them takes its
-    role, so it stays equal to the mapped address; with seq_all every other number is a site
-    too (role other: only an address inside the policy's ranges changes)."""
+    role, so it stays equal to the mapped address; a number inside the FROM range of one of
+    seq_rules (the pnat rules; none for Crypto-PAn) is a site too, with role other."""
     if p + 8 > plim:
         return
     src = _u32(buf, ip_src) if ip_src >= 0 else -1
@@ -163,21 +174,21 @@ def _tcp_numbers(buf, v4, n, p, plim, ip_src, ip_dst, pkt, seq_all):
         _add_v4(v4, n, p + 4, pkt, ROLE_DST, ENC_PLAIN)
     elif seq == src:
         _add_v4(v4, n, p + 4, pkt, ROLE_SRC, ENC_PLAIN)
-    elif seq_all:
+    elif _in_ranges(seq, seq_rules):
         _add_v4(v4, n, p + 4, pkt, ROLE_OTHER, ENC_PLAIN)
     if p + 12 > plim:
         return
+    # an acknowledgment number answers a sequence number: one past the value it encodes
     ack = (_u32(buf, p + 8) - 1) & 0xFFFFFFFF
     if ack == dst:
         _add_v4(v4, n, p + 8, pkt, ROLE_DST, ENC_PLUS1)
     elif ack == src:
         _add_v4(v4, n, p + 8, pkt, ROLE_SRC, ENC_PLUS1)
-    elif seq_all:
-        # the ack number answers an address-sized value of the other side: either form
+    elif _in_ranges(ack, seq_rules):
         _add_v4(v4, n, p + 8, pkt, ROLE_OTHER, ENC_PLUS1)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _ip4_options(buf, o, ihl, pkt, v4, n):
     """Walk the IPv4 options [o + 20, o + ihl): every address slot of a kept option becomes a
     site (filled or not: an attacker can prespecify addresses beyond the pointer). Returns a
@@ -268,7 +279,7 @@ def _blank_nonzero(buf, blank, n, off, length, pkt):
             return
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _tcp_options(buf, q, qend, cut_by_capture, pkt, v4, v6, blank, n):
     """Walk the TCP options [q, qend). Kept options stay, MPTCP ADD_ADDR addresses are sites
     (their HMAC is zeroed: it is computed over the address), anything else becomes NOPs,
@@ -335,7 +346,7 @@ def _nd_options(buf, q, plim, pkt, mac_on, v6, mac, blank, n):
             if ol != 8:
                 return R_ND_OPT, q, -1
             if mac_on:
-                _add_mac(mac, n, q + 2, pkt)
+                _add_mac(mac, n, q + 2, pkt, True)
         elif ot == 3:
             if ol != 32:
                 return R_ND_OPT, q, -1
@@ -370,10 +381,10 @@ def _nd_options(buf, q, plim, pkt, mac_on, v6, mac, blank, n):
     return R_OK, -1, quoted
 
 
-@njit(cache=True)
-def _tcp_header(buf, p, plim, bound, is_v6, ps_src, ps_dst, ps_len, pkt, seq_all, v4, v6, cs, blank, n):
+@njit(cache=True, inline="always")
+def _tcp_header(buf, p, plim, bound, is_v6, ps_src, ps_dst, ps_len, pkt, seq_rules, v4, v6, cs, blank, n):
     """The TCP header at p (segment bytes [p, plim)). Returns (reason, payload start, bound)."""
-    _tcp_numbers(buf, v4, n, p, plim, -1 if is_v6 else ps_src, -1 if is_v6 else ps_dst, pkt, seq_all)
+    _tcp_numbers(buf, v4, n, p, plim, -1 if is_v6 else ps_src, -1 if is_v6 else ps_dst, pkt, seq_rules)
     if p + 20 > plim:
         # cut by the capture: keep whole fields only, never a partial number or checksum
         if p + 18 <= plim:
@@ -400,7 +411,7 @@ def _tcp_header(buf, p, plim, bound, is_v6, ps_src, ps_dst, ps_len, pkt, seq_all
 
 
 @njit(cache=True)
-def _walk(buf, d, end, linktype, pkt, mac_on, seq_all, v4, v6, mac, cs, blank, n):
+def _walk(buf, d, end, linktype, pkt, mac_on, seq_rules, v4, v6, mac, cs, blank, n):
     """Walk one packet [d, end). Returns (reason, offset, bound): reason R_OK (or R_PARTIAL:
     the capture cut a header, which is kept to its last whole field) with the payload start of
     the innermost layer (-1 if none) and the end of the bytes understood; or a failure reason
@@ -423,7 +434,7 @@ def _walk(buf, d, end, linktype, pkt, mac_on, seq_all, v4, v6, mac, cs, blank, n
         at = d + 6 if linktype == 113 else d + 12
         if halen == 6:
             if mac_on:
-                _add_mac(mac, n, at, pkt)
+                _add_mac(mac, n, at, pkt, False)
         elif halen == 4:  # IPv4 tunnel devices: the address is the tunnel's IPv4 endpoint
             _add_v4(v4, n, at, pkt, ROLE_OTHER, ENC_PLAIN)
         elif halen != 0:
@@ -463,8 +474,8 @@ def _walk(buf, d, end, linktype, pkt, mac_on, seq_all, v4, v6, mac, cs, blank, n
             if o + 14 > lim:
                 return R_TRUNC_L2, o, end
             if mac_on:
-                _add_mac(mac, n, o, pkt)
-                _add_mac(mac, n, o + 6, pkt)
+                _add_mac(mac, n, o, pkt, ip_layers > 0)
+                _add_mac(mac, n, o + 6, pkt, ip_layers > 0)
             et = _u16(buf, o + 12)
             o += 14
             layer = _L_ETYPE
@@ -514,10 +525,10 @@ def _walk(buf, d, end, linktype, pkt, mac_on, seq_all, v4, v6, mac, cs, blank, n
             if o + 28 > lim:
                 return R_TRUNC_L4, o, end
             if mac_on:
-                _add_mac(mac, n, o + 8, pkt)
+                _add_mac(mac, n, o + 8, pkt, ip_layers > 0)
             _add_v4(v4, n, o + 14, pkt, ROLE_OTHER, ENC_PLAIN)
             if mac_on:
-                _add_mac(mac, n, o + 18, pkt)
+                _add_mac(mac, n, o + 18, pkt, ip_layers > 0)
             _add_v4(v4, n, o + 24, pkt, ROLE_OTHER, ENC_PLAIN)
             return R_OK, -1, o + 28
         else:
@@ -607,7 +618,7 @@ def _walk(buf, d, end, linktype, pkt, mac_on, seq_all, v4, v6, mac, cs, blank, n
             if nonfirst:
                 return R_OK, p, bound  # a later fragment: no transport header, all payload
             if proto == 6:
-                return _tcp_header(buf, p, plim, bound, is_v6, ps_src, ps_dst, ps_len, pkt, seq_all, v4, v6, cs, blank, n)
+                return _tcp_header(buf, p, plim, bound, is_v6, ps_src, ps_dst, ps_len, pkt, seq_rules, v4, v6, cs, blank, n)
             elif proto == 17:
                 if p + 8 > plim:
                     # cut by the capture: ports and length stay, a partial checksum does not
@@ -820,7 +831,7 @@ def _walk(buf, d, end, linktype, pkt, mac_on, seq_all, v4, v6, mac, cs, blank, n
                 return R_PROTO, p, end
 
 @njit(cache=True)
-def scan(buf, linktype, mac_on, seq_all, payload_keep, cut_unparseable, recs, verdict, reason, newcap, v4, v6, mac, cs,
+def scan(buf, linktype, mac_on, seq_rules, payload_keep, cut_unparseable, recs, verdict, reason, newcap, v4, v6, mac, cs,
          blank, n, payload_at):
     """Walk every record of buf; fill recs (record header offsets), the site tables and the
     per-packet verdicts.
@@ -851,7 +862,7 @@ def scan(buf, linktype, mac_on, seq_all, payload_keep, cut_unparseable, recs, ve
         s2 = n[2]
         s3 = n[3]
         s8 = n[8]
-        why, at, bound = _walk(buf, d, end, linktype, i, mac_on, seq_all, v4, v6, mac, cs, blank, n)
+        why, at, bound = _walk(buf, d, end, linktype, i, mac_on, seq_rules, v4, v6, mac, cs, blank, n)
         if n[4]:
             return
         pk = i
@@ -1154,7 +1165,8 @@ def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, blank, nv
             for b in range(6):
                 old[b] = buf[off + b]
                 buf[off + b] = mac_new[am, b]
-            nch = _record_change(buf, d, off, 6, ch, nch, old)
+            if mac[am, 2]:  # no checksum covers a link-layer header: nothing to patch
+                nch = _record_change(buf, d, off, 6, ch, nch, old)
             am += 1
         while ab < nblank and blank[ab, 2] == i:
             # in chunks of the scratch size; words straddling two chunks are recorded twice,
