@@ -319,8 +319,13 @@ def _tcp_options(buf, q, qend, cut_by_capture, pkt, v4, v6, blank, n):
                     ok = True
                 if ok and (ol == 16 or ol == 18 or ol == 28 or ol == 30):
                     _add_blank(blank, n, q + ol - 8, 8, pkt, _FILL_ZERO)
-            elif sub <= 8:
-                ok = True  # keys, tokens, nonces, sequence mappings: no addresses
+            else:
+                # keys, tokens, nonces, sequence mappings (no addresses), in the lengths of
+                # RFC 6824 / 8684 only
+                ok = ((sub == 0 and (ol == 4 or ol == 12 or ol == 20 or ol == 22 or ol == 24))
+                      or (sub == 1 and (ol == 12 or ol == 16 or ol == 24)) or (sub == 2 and 4 <= ol <= 28)
+                      or (sub == 4 and ol >= 4) or (sub == 5 and (ol == 3 or ol == 4))
+                      or ((sub == 6 or sub == 7) and ol == 12) or (sub == 8 and ol == 4))
         if not ok:
             _add_blank(blank, n, q, ol, pkt, _FILL_NOP)
         q += ol
