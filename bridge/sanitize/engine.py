@@ -35,6 +35,7 @@ class SanitizeResult:
     cut: int
     dropped: int
     reasons: dict[str, int] = field(default_factory=dict)
+    consumed: int = 0  # input bytes of the records done (with partial_ok, the rest is a record's start)
 
 
 def _rows16(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -224,12 +225,14 @@ class Sanitizer:
         res.packets = bytes(res.packets)
         return res
 
-    def sanitize_inplace(self, linktype: int, buf: np.ndarray) -> SanitizeResult:
+    def sanitize_inplace(self, linktype: int, buf: np.ndarray, partial_ok: bool = False) -> SanitizeResult:
         """Sanitize the records in the writable uint8 array buf in place: the kept (and cut)
-        records are compacted to its start; result.packets is a view of them."""
+        records are compacted to its start; result.packets is a view of them. With partial_ok
+        the last record may be incomplete (a stream read in chunks): it is left as it is, at
+        buf[result.consumed:]; otherwise that raises PcapRecordError."""
         if linktype not in SUPPORTED_LINKTYPES:
             count = self._count(buf)
-            return SanitizeResult(b"", count, 0, 0, count, {"unsupported_linktype": count} if count else {})
+            return SanitizeResult(b"", count, 0, 0, count, {"unsupported_linktype": count} if count else {}, len(buf))
         slots = len(buf) // 16 + 1
         recs = self._table("recs", slots, 0, np.int64)
         verdict = self._table("verdict", slots, 0, np.int8)
@@ -247,15 +250,16 @@ class Sanitizer:
             kernels.scan(buf, linktype, self.policy.mac_mode != "keep", self._seq_rules,
                          self.policy.payload_keep, self.policy.on_unparseable == "cut", recs, verdict, reason, newcap,
                          v4, v6, mac, cs, blank, n, payload_at)
-            if n[6] >= 0:
+            if n[6] >= 0 and not partial_ok:
                 raise PcapRecordError(f"record at byte {int(n[6])} runs past the end of {len(buf)} bytes")
             if not n[4]:
                 break
             cap *= 4
         nv4, nv6, nmac, ncs, _, count = (int(x) for x in n[:6])
         nblank = int(n[8])
+        consumed = int(n[6]) if n[6] >= 0 else len(buf)
         if count == 0:
-            return SanitizeResult(b"", 0, 0, 0, 0, {})
+            return SanitizeResult(b"", 0, 0, 0, 0, {}, consumed)
         recs, verdict, reason, newcap = recs[:count], verdict[:count], reason[:count], newcap[:count]
         v4, v6, mac, cs, blank = v4[:nv4], v6[:nv6], mac[:nmac], cs[:ncs], blank[:nblank]
 
@@ -278,4 +282,4 @@ class Sanitizer:
         if dropped or ncut:
             codes, counts = np.unique(reason[verdict != layout.V_KEEP], return_counts=True)
             reasons = {layout.REASONS[c]: int(k) for c, k in zip(codes, counts)}
-        return SanitizeResult(memoryview(buf[:size]), count, count - dropped - ncut, ncut, dropped, reasons)
+        return SanitizeResult(memoryview(buf[:size]), count, count - dropped - ncut, ncut, dropped, reasons, consumed)

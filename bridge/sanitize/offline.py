@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, BinaryIO
 
 import numpy as np
 
-from bridge.pcap import PcapHeader, global_header, parse_global_header, read_pcap
+from bridge.pcap import GLOBAL_HEADER_LEN, PcapHeader, global_header, parse_global_header, read_pcap
 from bridge.sanitize import kernels
 from bridge.sanitize.engine import Sanitizer
 from bridge.sanitize.policy import Policy
 
-CHUNK_BYTES = 4 << 20  # records per engine call: bounds the site tables' memory
+CHUNK_BYTES = 4 << 20  # bytes per engine call: bounds the buffer and the site tables' memory
 
 
 @dataclass
@@ -59,47 +61,66 @@ def read_records(path: str | Path) -> tuple[PcapHeader, np.ndarray, np.ndarray, 
     return header, body, offs, trailing
 
 
-def _chunks(records: np.ndarray, offs: np.ndarray) -> Iterator[tuple[int, int]]:
-    """(start, end) byte ranges of whole records, about CHUNK_BYTES each."""
-    if not len(offs):
-        return
-    cuts = np.unique(np.searchsorted(offs, np.arange(CHUNK_BYTES, len(records), CHUNK_BYTES)))
-    starts = [0] + [int(offs[c]) for c in cuts if 0 < c < len(offs)]
-    ends = starts[1:] + [len(records)]
-    yield from zip(starts, ends)
+def _canonical_stream(path: str | Path) -> tuple[PcapHeader, BinaryIO, int]:
+    """The file as a stream of canonical (little-endian) records: (header, stream positioned
+    at the first record, size of the records). Little-endian files are read as they are, in
+    chunks; others are normalized in memory first."""
+    f = open(path, "rb")
+    try:
+        header = parse_global_header(f.read(GLOBAL_HEADER_LEN))
+    except BaseException:
+        f.close()
+        raise
+    if not header.big_endian:
+        return header, f, os.fstat(f.fileno()).st_size - GLOBAL_HEADER_LEN
+    f.close()
+    header, canonical = read_pcap(path)
+    return header, io.BytesIO(canonical), len(canonical)
 
 
 def sanitize_file(in_path: str | Path, out_path: str | Path, policy: Policy, progress: bool = True,
                   stream: IO[str] | None = None) -> FileSummary:
     """Sanitize a pcap file (either byte order) into a little-endian pcap file.
 
-    A progress line is drawn on `stream` (default stderr) when it is a terminal and
-    progress is on.
+    The input is read in chunks of about CHUNK_BYTES into one reused buffer (sanitized there in
+    place), so memory stays bounded and no page of a whole-file copy is touched. A progress
+    line is drawn on `stream` (default stderr) when it is a terminal and progress is on.
     """
     stream = stream or sys.stderr
     show = progress and stream.isatty()
     t0 = time.perf_counter()
-    header, records, offs, trailing = read_records(in_path)
+    header, src, total = _canonical_stream(in_path)
     summary = FileSummary()
-    if trailing:
-        summary.dropped += 1
-        summary.count += 1
-        summary.reasons["truncated_record"] += 1
     sanitizer = Sanitizer(policy)
-    with open(out_path, "wb") as out:
+    buf = np.empty(CHUNK_BYTES, dtype=np.uint8)
+    have = done = 0
+    with src, open(out_path, "wb") as out:
         out.write(global_header(header.linktype, header.snaplen, header.nsec))
-        total = len(records)
-        for start, end in _chunks(records, offs):
-            res = sanitizer.sanitize_inplace(header.linktype, records[start:end])
+        while True:
+            got = src.readinto(memoryview(buf)[have:])
+            done += got
+            have += got
+            res = sanitizer.sanitize_inplace(header.linktype, buf[:have], partial_ok=True)
             out.write(res.packets)
             summary.count += res.count
             summary.kept += res.kept
             summary.cut += res.cut
             summary.dropped += res.dropped
             summary.reasons.update(res.reasons)
+            rest = have - res.consumed
+            if not got:
+                break
+            buf[:rest] = buf[res.consumed:have]  # the start of the next record (numpy copes with the overlap)
+            have = rest
+            if have == len(buf):  # one record larger than the buffer: make room for it
+                buf = np.concatenate((buf, np.empty(len(buf), dtype=np.uint8)))
             if show:
-                stream.write(f"\rsanitize: {100 * end // max(total, 1):3d}% {summary.count:,} packets")
+                stream.write(f"\rsanitize: {100 * done // max(total, 1):3d}% {summary.count:,} packets")
                 stream.flush()
+    if rest:
+        summary.dropped += 1
+        summary.count += 1
+        summary.reasons["truncated_record"] += 1
     if show:
         stream.write("\n")
     summary.seconds = time.perf_counter() - t0

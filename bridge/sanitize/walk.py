@@ -843,8 +843,9 @@ def scan(buf, linktype, mac_on, seq_rules, payload_keep, cut_unparseable, recs, 
 
     n = [nv4, nv6, nmac, ncs, overflow, records, bad_record_at, max_changes, nblank]; on
     overflow (n[4] = 1) the caller enlarges the tables and calls again; a record running past
-    the end of buf stops the walk with n[6] = its offset. max_changes bounds the 16-bit words
-    `apply` may change in one packet (a site can straddle one extra word).
+    the end of buf ends the walk with n[6] = its offset (the records before it are done).
+    max_changes bounds the 16-bit words `apply` may change in one packet (a site can straddle
+    one extra word).
     """
     size = buf.shape[0]
     r = 0
@@ -852,13 +853,13 @@ def scan(buf, linktype, mac_on, seq_rules, payload_keep, cut_unparseable, recs, 
     while r < size:
         if r + 16 > size:
             n[6] = r
-            return
+            break
         cap = _record_cap(buf, r)
         d = r + 16
         end = d + cap
         if end > size:
             n[6] = r
-            return
+            break
         recs[i] = r
         n[5] = i + 1
         r = end
