@@ -167,6 +167,8 @@ COMMANDS: dict[str, Command] = {
         F("orig", key="leakcheck.orig", help="original pcap"),
         F("sanitized", key="leakcheck.sanitized", help="sanitized pcap"),
         F("--private", key="leakcheck.private", help="private prefixes CIDR[,CIDR]"),
+        F("--mac", key="leakcheck.mac", help="more private MAC addresses MAC[,MAC]"),
+        F("--show", key="leakcheck.show", help="findings printed (default 50; all are counted)", type=int),
     ], long_running=False, kafka=False),
     "demo": Command("bridge.demo:run", "the whole private-site -> public-hub chain on one machine", 8, [
         F("--json", key="demo.json", help="print the summary as one JSON object", **SWITCH),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -79,6 +80,27 @@ def cidr_list(value: str | list[str]) -> list[str]:
         return [str(ipaddress.ip_network(v, strict=False)) for v in items]
     except ValueError:
         raise ValueError("CIDR[,CIDR...] (e.g. 10.0.0.0/8,2001:db8::/32)") from None
+
+
+_MAC_TEXT = re.compile(r"[0-9a-f]{2}([:-])(?:[0-9a-f]{2}\1){4}[0-9a-f]{2}|[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}|[0-9a-f]{12}")
+
+
+def mac_list(value: list[str]) -> list[str]:
+    """MAC addresses (aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff or 12 hex digits, any
+    case), normalized to lower-case aa:bb:cc:dd:ee:ff."""
+    out = []
+    for v in value:
+        text = str(v).strip().lower()
+        if not _MAC_TEXT.fullmatch(text):
+            raise ValueError("MAC[,MAC...] (e.g. 02:11:22:33:44:55)")
+        out.append(bytes.fromhex(re.sub(r"[:.-]", "", text)).hex(":"))
+    return out
+
+
+def non_negative(value: int) -> int:
+    if int(value) < 0:
+        raise ValueError("an integer >= 0")
+    return int(value)
 
 
 def port_number(value: int) -> int:
@@ -296,6 +318,8 @@ class LeakcheckConfig:
     orig: str = opt("", "original pcap")
     sanitized: str = opt("", "sanitized pcap")
     private: list = opt([], "private prefixes CIDR[,CIDR]", cidr_list)
+    mac: list = opt([], "more private MAC addresses MAC[,MAC] (besides every MAC of the original)", mac_list)
+    show: int = opt(50, "findings printed (all are counted)", non_negative)
 
 
 @dataclass
