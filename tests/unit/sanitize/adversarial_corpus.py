@@ -175,6 +175,22 @@ class Blob:
         return self.sub(0, n)
 
 
+def kept_slots(pkt: Blob, out: bytes) -> list[tuple[str, int]]:
+    """(what, offset) of the private slots of `pkt` that its sanitized bytes `out` still hold
+    as they were: whole, or in part where `out` ends inside the slot (a capture cut inside an
+    address must be cut before it). The sanitizer rewrites in place and only shortens, so a
+    slot sits at the same offset in `out`."""
+    found = []
+    n = len(out)
+    for slot in pkt.slots:
+        if slot.off >= n:
+            continue
+        end = min(slot.off + slot.size, n)
+        if out[slot.off:end] == slot.value[:end - slot.off]:
+            found.append((f"{slot.kind} kept" if end == slot.off + slot.size else f"partial {slot.kind}", slot.off))
+    return found
+
+
 def _b(x: "Blob | bytes") -> Blob:
     return x if isinstance(x, Blob) else Blob(bytes(x))
 
@@ -189,6 +205,15 @@ def cat(*parts: "Blob | bytes") -> Blob:
 
 def _slot(data: bytes, kind: str) -> Blob:
     return Blob(data, (Slot(0, len(data), kind, data),))
+
+
+def addr6(*parts: "Blob | bytes") -> Blob:
+    """A 16-byte IPv6 address field assembled from parts. When a part is private the whole
+    field is a slot as well: the sanitizer maps the field as one address (Crypto-PAn's output
+    bits after a private part depend on it), so the mapped address sits in all 16 bytes."""
+    a = cat(*parts)
+    assert len(a) == 16, len(a)
+    return Blob(a.data, (Slot(0, 16, "v6", a.data),) + a.slots, a.sums) if a.slots else a
 
 
 def _resolve(pkt: Blob, src: int, dst: int, alen: int) -> Blob:
@@ -292,13 +317,22 @@ class Env:
 
     def slaac(self, net_name: str, mac_name: str) -> Blob:
         """A SLAAC address: the private /64 of net_name and the EUI-64 of the MAC."""
-        return self.v6net(net_name) + self.eui64(mac_name)
+        return addr6(self.v6net(net_name), self.eui64(mac_name))
+
+    def v6prefix(self, name: str) -> Blob:
+        """A prefix field (prefix information, route information): the private /64 of name,
+        zero host bits."""
+        return addr6(self.v6net(name), bytes(8))
 
     def text4(self, name: str) -> Blob:
         return _slot(str(ipaddress.IPv4Address(self.v4_value(name))).encode(), "text")
 
     def text6(self, name: str) -> Blob:
         return _slot(str(ipaddress.IPv6Address(self.v6_value(name))).encode(), "text")
+
+    def dashed4(self, name: str) -> Blob:
+        """The address as a host-name label: 10-1-2-3 (ip-10-1-2-3.ec2.internal)."""
+        return _slot("-".join(str(o) for o in self.v4_value(name)).encode(), "text")
 
     def textmac(self, name: str) -> Blob:
         return _slot(self.mac_value(name).hex(":").encode(), "text")
@@ -346,7 +380,7 @@ def private_forms(env: Env) -> dict[bytes, str]:
     """Every byte pattern that betrays a private value of `env` (call after building the
     packets: the Env knows the values drawn so far), mapped to the form's name.
 
-    IPv4: raw, inverted, plus one, text, in-addr.arpa (text and DNS labels, also of the /16).
+    IPv4: raw, inverted, plus one, text (dotted, dashed), in-addr.arpa (text and DNS labels, also of the /16).
     IPv6: raw, text, ip6.arpa labels; the /48 prefix raw, as text and as ip6.arpa labels.
     MACs: raw, as an EUI-64 interface ID, as text (colons or dashes, either case).
     All patterns are at least 4 bytes long, so a chance match is rare.
@@ -357,6 +391,7 @@ def private_forms(env: Env) -> dict[bytes, str]:
         forms[bytes(b ^ 0xFF for b in v)] = "v4 inverted"
         forms[((int.from_bytes(v, "big") + 1) & 0xFFFFFFFF).to_bytes(4, "big")] = "v4+1"
         forms[str(ipaddress.IPv4Address(v)).encode()] = "v4 text"
+        forms["-".join(str(o) for o in v).encode()] = "v4 dashed text"
         octets = [str(o) for o in reversed(v)]
         forms[_ptr_text(octets, ".in-addr.arpa")] = "v4 PTR text"
         forms[_ptr_wire(octets) + b"\x07in-addr"] = "v4 PTR labels"
@@ -465,8 +500,8 @@ def icmp6(typ: int, code: int, body: Blob | bytes = b"") -> Blob:
     return msg.with_sum(Checksum(2, 0, len(msg), proto=58, pending=True))
 
 
-def gre(proto: int, inner: Blob | bytes, *, checksum: bool = False, key: int | Blob | None = None,
-        seq: int | Blob | None = None) -> Blob:
+def gre(proto: int, inner: Blob | bytes, *, checksum: bool = False, key: int | Blob | bytes | None = None,
+        seq: int | Blob | bytes | None = None) -> Blob:
     """A GRE header (RFC 2784/2890) with optional checksum, key and sequence number."""
     flags = (0x8000 if checksum else 0) | (0x2000 if key is not None else 0) | (0x1000 if seq is not None else 0)
     parts: list[Blob | bytes] = [struct.pack("!HH", flags, proto)]
@@ -474,7 +509,7 @@ def gre(proto: int, inner: Blob | bytes, *, checksum: bool = False, key: int | B
         parts.append(bytes(4))
     for v in (key, seq):
         if v is not None:
-            parts.append(v if isinstance(v, Blob) else struct.pack("!I", v))
+            parts.append(struct.pack("!I", v) if isinstance(v, int) else v)
     body = cat(*parts, inner)
     if checksum:
         body = body.set16(4, csum(body.data)).with_sum(Checksum(4, 0, len(body)))
@@ -534,7 +569,7 @@ def leak_class(channel: str, net: str = "ip4") -> Callable[[Callable[[Env], Blob
 
 
 MSS = bytes([2, 4, 0x05, 0xB4])
-TS_OPT = bytes([8, 10]) + struct.pack("!II", 0x01020304, 0)
+TS_OPT = bytes([8, 10]) + struct.pack("!II", 0x5EED1234, 0)
 
 
 def _syn_ack(src: Blob | bytes, dst: Blob | bytes, ipopts: Blob | bytes = b"", **tcp_kw: object) -> Blob:
@@ -746,6 +781,21 @@ def ip4_total_cuts_udp(env: Env) -> Blob:
     return ipv4(PUB4, env.v4("host"), 17, dgram, total=20 + 12)
 
 
+@leak_class("2 short total length")
+def udp_length_short(env: Env) -> Blob:
+    """UDP length shorter than the IP payload: the bytes between them hold private values."""
+    dgram = udp(5000, 6000, b"ABCD")
+    return ipv4(PUB4, env.v4("host"), 17, cat(dgram, env.v4("peer"), env.v6("peer6"), env.mac("peer_mac")))
+
+
+@leak_class("2 short total length")
+def icmp_quote_trailer(env: Env) -> Blob:
+    """Unreachable whose quoted packet's total length ends before the quote does: private
+    bytes after the quoted datagram, inside the ICMP message."""
+    quoted = _udp4(env.v4("host"), PUB4B, 40000, 53, b"q")
+    return ipv4(PUB4, env.v4("host"), 1, icmp(3, 3, bytes(4), cat(quoted, env.v4("peer"), env.v6("peer6"))))
+
+
 @leak_class("2 short total length", "ip6")
 def ip6_trailer_private(env: Env) -> Blob:
     """IPv6 packet followed by trailing bytes holding private addresses."""
@@ -858,7 +908,7 @@ def ip6_routing_type0(env: Env) -> Blob:
 # -- 5. IPv6 addresses embedding a private IPv4 address
 
 def _embed(prefix: bytes, v4: Blob, suffix: bytes = b"") -> Blob:
-    return cat(prefix, v4, suffix)
+    return addr6(prefix, v4, suffix)
 
 
 @leak_class("5 embedded ipv4", "ip6")
@@ -900,7 +950,7 @@ def v6embed_isatap(env: Env) -> Blob:
 @leak_class("5 embedded ipv4", "ip6")
 def v6embed_isatap_200(env: Env) -> Blob:
     """ISATAP ::200:5efe:a.b.c.d under the private /64 (the prefix maps, the IID must too)."""
-    return _udp6(cat(env.v6net("host6"), b"\x02\x00\x5e\xfe", env.v4("host")), PUB6, 5000, 53, b"j")
+    return _udp6(addr6(env.v6net("host6"), b"\x02\x00\x5e\xfe", env.v4("host")), PUB6, 5000, 53, b"j")
 
 
 @leak_class("5 embedded ipv4", "ip6")
@@ -912,7 +962,7 @@ def v6embed_6to4(env: Env) -> Blob:
 @leak_class("5 embedded ipv4", "ip6")
 def v6embed_teredo(env: Env) -> Blob:
     """Teredo 2001:0:server:flags:port:~client, private server and (inverted) client."""
-    addr = cat(b"\x20\x01\0\0", env.v4("gw"), b"\x80\0\xf5\xfe", env.v4inv("host"))
+    addr = addr6(b"\x20\x01\0\0", env.v4("gw"), b"\x80\0\xf5\xfe", env.v4inv("host"))
     return _udp6(addr, PUB6, 5000, 53, b"t")
 
 
@@ -941,11 +991,11 @@ def nd_ra_unknown_option(env: Env) -> Blob:
 @leak_class("6 nd options", "ip6")
 def nd_ra_full(env: Env) -> Blob:
     """RA with source link-layer address, MTU, prefix information, route information, RDNSS."""
-    pio = nd_opt(3, cat(bytes([64, 0xC0]), struct.pack("!III", 86400, 14400, 0), env.v6net("host6"), bytes(8)))
-    rio = nd_opt(24, cat(bytes([48, 0]), struct.pack("!I", 600), env.v6net("peer6"), bytes(8)))
+    pio = nd_opt(3, cat(bytes([64, 0xC0]), struct.pack("!III", 86400, 14400, 0), env.v6prefix("host6")))
+    rio = nd_opt(24, cat(bytes([48, 0]), struct.pack("!I", 600), env.v6prefix("peer6")))
     rdnss = nd_opt(25, cat(b"\0\0", struct.pack("!I", 600), env.v6("dns6")))
     opts = cat(nd_opt(1, env.mac("gw_mac")), nd_opt(5, b"\0\0\0\0\x05\xdc"), pio, rio, rdnss)
-    return ipv6(cat(LL_NET, env.eui64("gw_mac")), a6("ff02::1"), 58, _ra(opts), hlim=255)
+    return ipv6(addr6(LL_NET, env.eui64("gw_mac")), a6("ff02::1"), 58, _ra(opts), hlim=255)
 
 
 @leak_class("6 nd options", "ip6")
@@ -1027,6 +1077,30 @@ def gre_over_ip6(env: Env) -> Blob:
     return ipv6(env.v6("gw6"), env.v6("host6"), 47, gre(0x0800, inner, key=env.v4("peer")))
 
 
+@leak_class("6 nd options", "ip6")
+def nd_ra_dnssl_hostname(env: Env) -> Blob:
+    """RA whose DNSSL domain embeds a private address as a dashed host-name label."""
+    host = env.dashed4("peer_t")
+    label = cat(bytes([3 + len(host)]), b"ip-", host)
+    dnssl = nd_opt(31, cat(b"\0\0", struct.pack("!I", 600), dns_name(label, b"corp", b"example")))
+    return ipv6(a6("fe80::1"), a6("ff02::1"), 58, _ra(dnssl), hlim=255)
+
+
+@leak_class("6 nd options", "ip6")
+def icmp6_node_info(env: Env) -> Blob:
+    """ICMPv6 node information reply (140) about a private subject, answering with addresses."""
+    body = cat(struct.pack("!HH", 3, 0), bytes(8), struct.pack("!I", 60), env.v6("peer6"), struct.pack("!I", 60), env.v6("dns6"))
+    return ipv6(env.v6("peer6"), env.v6("host6"), 58, icmp6(140, 0, body))
+
+
+@leak_class("6 nd options", "ip6")
+def icmp6_inverse_nd(env: Env) -> Blob:
+    """Inverse ND advertisement (142): link-layer options and a target address list."""
+    tal = nd_opt(10, cat(bytes(6), env.v6("peer6")))
+    body = cat(bytes(4), nd_opt(1, env.mac("peer_mac")), nd_opt(2, env.mac("host_mac")), tal)
+    return ipv6(env.v6("peer6"), env.v6("host6"), 58, icmp6(142, 0, body), hlim=255)
+
+
 # -- 8. ARP
 
 def _arp_pad(env: Env) -> Blob:
@@ -1068,14 +1142,14 @@ def eui64_slaac_private(env: Env) -> Blob:
 @leak_class("9 eui-64", "ip6")
 def eui64_public_prefix(env: Env) -> Blob:
     """EUI-64 IID of a private MAC under a public prefix."""
-    return _syn_ack6(PUB6, cat(PUB6_NET, env.eui64("host_mac")))
+    return _syn_ack6(PUB6, addr6(PUB6_NET, env.eui64("host_mac")))
 
 
 @leak_class("9 eui-64", "ip6")
 def eui64_link_local_ns(env: Env) -> Blob:
     """NS from the link-local EUI-64 address for a SLAAC target."""
     body = cat(bytes(4), env.slaac("peer6", "peer_mac"), nd_opt(1, env.mac("host_mac")))
-    return ipv6(cat(LL_NET, env.eui64("host_mac")), a6("ff02::1:ff00:1"), 58, icmp6(135, 0, body), hlim=255)
+    return ipv6(addr6(LL_NET, env.eui64("host_mac")), a6("ff02::1:ff00:1"), 58, icmp6(135, 0, body), hlim=255)
 
 
 # -- 10. UDP tunnels
@@ -1128,9 +1202,17 @@ def l2tp_ppp(env: Env) -> Blob:
 
 
 @leak_class("10 udp tunnels")
+def l2tp_with_length(env: Env) -> Blob:
+    """L2TPv2 data message with the length bit set (a longer header), PPP, IPv4."""
+    inner = _syn_ack(env.v4("peer"), PUB4)
+    body = cat(struct.pack("!HHHH", 0x4002, 12 + len(inner), 5, 9), b"\xff\x03\x00\x21", inner)
+    return _udp4(env.v4("gw"), env.v4("host"), 1701, 1701, body)
+
+
+@leak_class("10 udp tunnels")
 def teredo_origin(env: Env) -> Blob:
     """Teredo with an origin indication (inverted client address) and an inner IPv6 packet."""
-    taddr = cat(b"\x20\x01\0\0", env.v4("gw"), b"\x80\0\xf5\xfe", env.v4inv("peer"))
+    taddr = addr6(b"\x20\x01\0\0", env.v4("gw"), b"\x80\0\xf5\xfe", env.v4inv("peer"))
     inner = _udp6(PUB6, taddr, 53, 5000, b"t")
     return _udp4(env.v4("gw"), env.v4("host"), 3544, 40000, cat(b"\0\0\xf5\xfe", env.v4inv("peer"), inner))
 
@@ -1377,6 +1459,31 @@ def icmp_nested_error(env: Env) -> Blob:
 
 
 @leak_class("icmp errors")
+def icmp_quote_of_tunnel(env: Env) -> Blob:
+    """Time exceeded quoting a whole GRE packet: the inner private packet is in the quote."""
+    quoted = ipv4(env.v4("host"), PUB4B, 47, gre(0x0800, _udp4(env.v4("peer"), env.v4("dns"), 5000, 53, b"in")))
+    return ipv4(PUB4, env.v4("host"), 1, icmp(11, 0, bytes(4), quoted))
+
+
+@leak_class("icmp errors")
+def icmp_unknown_type(env: Env) -> Blob:
+    """ICMP type 40 (Photuris) whose body holds addresses."""
+    return ipv4(env.v4("gw"), env.v4("host"), 1, icmp(40, 0, env.v4("peer"), cat(env.v4("host"), env.v6("peer6"))))
+
+
+@leak_class("icmp errors", "ip6")
+def icmp6_ext_interface(env: Env) -> Blob:
+    """ICMPv6 time exceeded with RFC 4884 extensions: an RFC 5837 object with a private IPv6
+    interface address."""
+    quote = _udp6(env.v6("host6"), PUB6, 40000, 33434, bytes(8))
+    quote = quote + bytes(128 - len(quote))
+    obj = cat(struct.pack("!HBB", 24, 2, 0x04), b"\0\x02\0\0", env.v6("gw6"))
+    ext = cat(b"\x20\0\0\0", obj)
+    ext = ext.set16(2, csum(ext.data)).with_sum(Checksum(2, 0, len(ext)))
+    return ipv6(PUB6, env.v6("host6"), 58, icmp6(3, 0, cat(b"\x10\0\0\0", quote, ext)))
+
+
+@leak_class("icmp errors")
 def icmp_router_advertisement(env: Env) -> Blob:
     """ICMP router advertisement listing private routers."""
     return ipv4(env.v4("gw"), a4("224.0.0.1"), 1, icmp(9, 0, b"\x02\x02\x07\x08",
@@ -1418,6 +1525,17 @@ def icmp6_nested_error(env: Env) -> Blob:
     return ipv6(PUB6, env.v6("host6"), 58, icmp6(3, 0, cat(bytes(4), middle)))
 
 
+# -- link-layer protocols the walk does not parse
+
+@leak_class("14 macs", "lldp")
+def lldp_management_address(env: Env) -> Blob:
+    """LLDP: chassis ID (a MAC), port ID, TTL, management address (private IPv4)."""
+    def tlv7(typ: int, value: Blob | bytes) -> Blob:
+        return cat(struct.pack("!H", typ << 9 | len(value)), value)
+    return cat(tlv7(1, cat(b"\x04", env.mac("gw_mac"))), tlv7(2, b"\x05ge-0/0/1"), tlv7(3, b"\0\x78"),
+               tlv7(8, cat(b"\x05\x01", env.v4("gw"), b"\x02\0\0\0\x01\0")), tlv7(0, b""))
+
+
 # -- tunnels
 
 @leak_class("tunnels")
@@ -1446,7 +1564,7 @@ def ip4in6(env: Env) -> Blob:
 
 # ---------------------------------------------------------------- link types
 
-ETHERTYPES = {"ip4": 0x0800, "ip6": 0x86DD, "arp": 0x0806, "rarp": 0x8035}
+ETHERTYPES = {"ip4": 0x0800, "ip6": 0x86DD, "arp": 0x0806, "rarp": 0x8035, "lldp": 0x88CC}
 _IP = frozenset({"ip4", "ip6"})
 _ANY = frozenset(ETHERTYPES)
 
@@ -1534,21 +1652,6 @@ class Sample:
 def every_offset(link: Link, pkt: Blob) -> list[int]:
     """Every capture length from 0 to the whole frame."""
     return list(range(len(pkt) + 1))
-
-
-def sampled_offsets(link: Link, pkt: Blob, stride: int = 7) -> list[int]:
-    """Every offset for Ethernet; elsewhere the whole frame, every offset inside or next to a
-    private slot (where a partial copy can be left), the layer boundaries (checksum ranges)
-    and every `stride`-th offset."""
-    if link.ethernet:
-        return every_offset(link, pkt)
-    n = len(pkt)
-    keep = set(range(0, n + 1, stride)) | {n}
-    for s in pkt.slots:
-        keep.update(range(max(s.off - 1, 0), min(s.off + s.size + 1, n) + 1))
-    for c in pkt.sums:
-        keep.update(x for x in (c.start, c.end, c.field, c.field + 2) if 0 <= x <= n)
-    return sorted(keep)
 
 
 def samples(env: Env | None = None, offsets: Callable[[Link, Blob], Iterable[int]] = every_offset,
