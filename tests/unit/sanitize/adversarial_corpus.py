@@ -942,6 +942,15 @@ def v6embed_nat64_local(env: Env) -> Blob:
 
 
 @leak_class("5 embedded ipv4", "ip6")
+def v6embed_nat64_local_split(env: Env) -> Blob:
+    """NAT64 local-use /48 in the RFC 6052 /48 layout: the IPv4 address split around the
+    u-octet, 64:ff9b:1:AABB:00CC:DD00::."""
+    v4 = env.v4_value("host")
+    addr = addr6(a6("64:ff9b:1::")[:6], _slot(v4[:2], "v4 split"), b"\0", _slot(v4[2:], "v4 split"), bytes(5))
+    return _udp6(addr, PUB6, 5000, 53, b"l")
+
+
+@leak_class("5 embedded ipv4", "ip6")
 def v6embed_isatap(env: Env) -> Blob:
     """ISATAP interface ID ::0:5efe:a.b.c.d under a public /64."""
     return _udp6(_embed(PUB6_NET + b"\0\0\x5e\xfe", env.v4("host")), PUB6, 5000, 53, b"i")
