@@ -203,7 +203,8 @@ def cat(*parts: "Blob | bytes") -> Blob:
     return out
 
 
-def _slot(data: bytes, kind: str) -> Blob:
+def private_bytes(data: bytes, kind: str) -> Blob:
+    """Bytes that are (a form of) a private value: one slot over all of them."""
     return Blob(data, (Slot(0, len(data), kind, data),))
 
 
@@ -290,30 +291,30 @@ class Env:
 
     # slots ------------------------------------------------------------------
     def v4(self, name: str) -> Blob:
-        return _slot(self.v4_value(name), "v4")
+        return private_bytes(self.v4_value(name), "v4")
 
     def v4inv(self, name: str) -> Blob:
         """The address bit-inverted (a Teredo client)."""
-        return _slot(bytes(b ^ 0xFF for b in self.v4_value(name)), "v4inv")
+        return private_bytes(bytes(b ^ 0xFF for b in self.v4_value(name)), "v4inv")
 
     def v4plus1(self, name: str) -> Blob:
         """The address plus one (a TCP ack answering a sequence number that held it)."""
         v = (int.from_bytes(self.v4_value(name), "big") + 1) & 0xFFFFFFFF
-        return _slot(v.to_bytes(4, "big"), "v4plus1")
+        return private_bytes(v.to_bytes(4, "big"), "v4plus1")
 
     def v6(self, name: str) -> Blob:
-        return _slot(self.v6_value(name), "v6")
+        return private_bytes(self.v6_value(name), "v6")
 
     def v6net(self, name: str) -> Blob:
         """The /64 of an IPv6 address (8 bytes: private /48 and subnet)."""
-        return _slot(self.v6_value(name)[:8], "v6net")
+        return private_bytes(self.v6_value(name)[:8], "v6net")
 
     def mac(self, name: str) -> Blob:
-        return _slot(self.mac_value(name), "mac")
+        return private_bytes(self.mac_value(name), "mac")
 
     def eui64(self, mac_name: str) -> Blob:
         """The modified EUI-64 interface ID of a MAC (RFC 4291 appendix A)."""
-        return _slot(eui64(self.mac_value(mac_name)), "eui64")
+        return private_bytes(eui64(self.mac_value(mac_name)), "eui64")
 
     def slaac(self, net_name: str, mac_name: str) -> Blob:
         """A SLAAC address: the private /64 of net_name and the EUI-64 of the MAC."""
@@ -325,25 +326,25 @@ class Env:
         return addr6(self.v6net(name), bytes(8))
 
     def text4(self, name: str) -> Blob:
-        return _slot(str(ipaddress.IPv4Address(self.v4_value(name))).encode(), "text")
+        return private_bytes(str(ipaddress.IPv4Address(self.v4_value(name))).encode(), "text")
 
     def text6(self, name: str) -> Blob:
-        return _slot(str(ipaddress.IPv6Address(self.v6_value(name))).encode(), "text")
+        return private_bytes(str(ipaddress.IPv6Address(self.v6_value(name))).encode(), "text")
 
     def dashed4(self, name: str) -> Blob:
         """The address as a host-name label: 10-1-2-3 (ip-10-1-2-3.ec2.internal)."""
-        return _slot("-".join(str(o) for o in self.v4_value(name)).encode(), "text")
+        return private_bytes("-".join(str(o) for o in self.v4_value(name)).encode(), "text")
 
     def textmac(self, name: str) -> Blob:
-        return _slot(self.mac_value(name).hex(":").encode(), "text")
+        return private_bytes(self.mac_value(name).hex(":").encode(), "text")
 
     def ptr4_labels(self, name: str) -> Blob:
         """DNS wire labels of the address's in-addr.arpa name, reversed octets only."""
-        return _slot(b"".join(_label(str(o).encode()) for o in reversed(self.v4_value(name))), "name")
+        return private_bytes(b"".join(_label(str(o).encode()) for o in reversed(self.v4_value(name))), "name")
 
     def ptr6_labels(self, name: str) -> Blob:
         """DNS wire labels of the address's ip6.arpa name, 32 reversed nibbles."""
-        return _slot(b"".join(_label(c.encode()) for c in reversed(self.v6_value(name).hex())), "name")
+        return private_bytes(b"".join(_label(c.encode()) for c in reversed(self.v6_value(name).hex())), "name")
 
 
 def eui64(mac: bytes) -> bytes:
@@ -946,7 +947,7 @@ def v6embed_nat64_local_split(env: Env) -> Blob:
     """NAT64 local-use /48 in the RFC 6052 /48 layout: the IPv4 address split around the
     u-octet, 64:ff9b:1:AABB:00CC:DD00::."""
     v4 = env.v4_value("host")
-    addr = addr6(a6("64:ff9b:1::")[:6], _slot(v4[:2], "v4 split"), b"\0", _slot(v4[2:], "v4 split"), bytes(5))
+    addr = addr6(a6("64:ff9b:1::")[:6], private_bytes(v4[:2], "v4 split"), b"\0", private_bytes(v4[2:], "v4 split"), bytes(5))
     return _udp6(addr, PUB6, 5000, 53, b"l")
 
 
@@ -985,8 +986,8 @@ def _ra(options: Blob | bytes) -> Blob:
 def nd_ra_dnssl_arpa(env: Env) -> Blob:
     """RA with a DNSSL option listing the ip6.arpa and in-addr.arpa zones of the private prefixes."""
     nibbles = [_label(c.encode()) for c in reversed(env.v6_value("host6")[:8].hex())]
-    zone6 = dns_name(_slot(b"".join(nibbles), "name"), b"ip6", b"arpa")
-    zone4 = dns_name(_slot(_label(b"1") + _label(b"10"), "name"), b"in-addr", b"arpa")
+    zone6 = dns_name(private_bytes(b"".join(nibbles), "name"), b"ip6", b"arpa")
+    zone4 = dns_name(private_bytes(_label(b"1") + _label(b"10"), "name"), b"in-addr", b"arpa")
     dnssl = nd_opt(31, cat(b"\0\0", struct.pack("!I", 600), zone6, zone4))
     return ipv6(a6("fe80::1"), a6("ff02::1"), 58, _ra(cat(nd_opt(1, env.mac("gw_mac")), dnssl)), hlim=255)
 

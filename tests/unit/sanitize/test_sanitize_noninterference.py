@@ -176,10 +176,13 @@ class Gen:
         if kind == "eui64_public":
             return addr6(PUB6_NET, env.eui64(mac))
         v4 = env.v4(self.c.pick(*V4_NAMES))
-        form = self.c.pick("compat", "mapped", "siit", "nat64", "nat64_local", "isatap", "6to4", "teredo")
+        form = self.c.pick("compat", "mapped", "siit", "nat64", "nat64_local", "nat64_split", "isatap", "6to4", "teredo")
         self.desc.append(f"v6:{form}")
         if form == "teredo":
             return addr6(b"\x20\x01\0\0", self.c.pick(PUB4, env.v4("gw")), b"\x80\0\xf5\xfe", env.v4inv(self.c.pick(*V4_NAMES)))
+        if form == "nat64_split":  # RFC 6052 /48 layout: around the u-octet
+            return addr6(ac.a6("64:ff9b:1::")[:6], ac.private_bytes(v4.data[:2], "v4 split"), b"\0", ac.private_bytes(v4.data[2:], "v4 split"),
+                         bytes(5))
         if form == "6to4":
             return addr6(b"\x20\x02", v4, bytes(10))
         prefix = {"compat": bytes(12), "mapped": bytes(10) + b"\xff\xff", "siit": bytes(8) + b"\xff\xff\0\0",
@@ -450,7 +453,7 @@ class Gen:
             elif kind == "rdnss":
                 opts = opts + nd_opt(25, cat(b"\0\0", struct.pack("!I", 600), self.a6()))
             elif kind == "dnssl":
-                labels = ac._slot(b"".join(bytes([1, ord(x)]) for x in reversed(env.v6_value(self.c.pick(*V6_NAMES))[:8].hex())),
+                labels = ac.private_bytes(b"".join(bytes([1, ord(x)]) for x in reversed(env.v6_value(self.c.pick(*V6_NAMES))[:8].hex())),
                                   "name")
                 opts = opts + nd_opt(31, cat(b"\0\0", struct.pack("!I", 600), ac.dns_name(labels, b"ip6", b"arpa")))
             elif kind == "mtu":
