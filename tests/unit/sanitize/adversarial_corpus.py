@@ -740,6 +740,14 @@ def ip4opt_ihl15_leading_eol(env: Env) -> Blob:
 
 
 @leak_class("1 ipv4 options")
+def ip4opt_length_overruns_header(env: Env) -> Blob:
+    """An option whose length runs past the IHL into the TCP header (which holds seq = the
+    address)."""
+    pkt = ipv4(env.v4("host"), PUB4, 6, tcp(80, 40001, seq=env.v4("host"), flags=SYN), opts=cat(b"\x07\x0c\x04", env.v4("peer")))
+    return pkt
+
+
+@leak_class("1 ipv4 options")
 def ip4opt_lsrr(env: Env) -> Blob:
     """Loose source route through private hops."""
     return _syn_ack(env.v4("host"), PUB4, ipopts=cat(bytes([131, 11, 4]), env.v4("gw"), env.v4("peer")))
@@ -853,12 +861,33 @@ def tcpopt_mptcp_bad_length(env: Env) -> Blob:
 
 
 @leak_class("3 tcp options")
+def tcpopt_length_overruns_header(env: Env) -> Blob:
+    """An unknown option whose length runs past the data offset into the payload."""
+    return ipv4(PUB4, env.v4("host"), 6, tcp(51000, 80, flags=PSH | ACK, opts=b"\x01\x01\xfd\x10",
+                                               payload=cat(env.v4("peer"), env.v6("peer6"))))
+
+
+@leak_class("3 tcp options")
+def tcpopt_full_40_bytes(env: Env) -> Blob:
+    """Data offset 15: 40 bytes of options, unknown kinds holding addresses between known ones."""
+    opts = cat(MSS, bytes([254, 10, 0xF9, 0x89]), env.v4("peer"), b"\0\0", bytes([77, 18]), env.v6("peer6"),
+               b"\x01\x01\x04\x02")
+    return _syn_ack(PUB4, env.v4("host"), opts=opts)
+
+
+@leak_class("3 tcp options")
 def tcpopt_bytes_after_eol(env: Env) -> Blob:
     """MSS, EOL, then an address in the rest of the option space."""
     return _syn_ack(PUB4, env.v4("host"), opts=cat(MSS, b"\0\0\0\0", env.v4("peer")))
 
 
 # -- 4. IPv6 option TLVs
+
+@leak_class("4 ipv6 options", "ip6")
+def ip6_no_next_header_data(env: Env) -> Blob:
+    """No next header (59), yet the payload length covers bytes holding addresses."""
+    return ipv6(PUB6, env.v6("host6"), 59, cat(env.v6("peer6"), env.v4("peer"), env.mac("peer_mac")))
+
 
 @leak_class("4 ipv6 options", "ip6")
 def ip6_hbh_unknown_option(env: Env) -> Blob:
@@ -1181,6 +1210,14 @@ def vxlan_over_ip6(env: Env) -> Blob:
 
 
 @leak_class("10 udp tunnels")
+def vxlan_inner_arp(env: Env) -> Blob:
+    """VXLAN carrying an ARP request with private padding."""
+    inner = eth(b"\xff" * 6, env.mac("inner_mac"), 0x0806,
+                cat(arp(1, env.mac("inner_mac"), env.v4("peer"), bytes(6), env.v4("gw")), _arp_pad(env)))
+    return _udp4(env.v4("gw"), env.v4("host"), 49152, 4789, cat(b"\x08\0\0\0\0\x12\x34\0", inner))
+
+
+@leak_class("10 udp tunnels")
 def geneve(env: Env) -> Blob:
     """GENEVE with an option TLV holding an address, inner Ethernet."""
     opt = cat(b"\x01\x03\x80\x01", env.v4("peer"))
@@ -1476,6 +1513,13 @@ def icmp_quote_of_tunnel(env: Env) -> Blob:
 
 
 @leak_class("icmp errors")
+def icmp_quote_of_6in4(env: Env) -> Blob:
+    """Unreachable quoting a whole 6in4 packet: private IPv6 addresses inside the quote."""
+    quoted = ipv4(env.v4("host"), PUB4B, 41, _udp6(env.v6("peer6"), PUB6, 5000, 53, b"6"))
+    return ipv4(PUB4, env.v4("host"), 1, icmp(3, 1, bytes(4), quoted))
+
+
+@leak_class("icmp errors")
 def icmp_unknown_type(env: Env) -> Blob:
     """ICMP type 40 (Photuris) whose body holds addresses."""
     return ipv4(env.v4("gw"), env.v4("host"), 1, icmp(40, 0, env.v4("peer"), cat(env.v4("host"), env.v6("peer6"))))
@@ -1533,6 +1577,33 @@ def icmp6_nested_error(env: Env) -> Blob:
     inner = _udp6(env.v6("peer6"), env.v6("dns6"), 5000, 53, b"n")
     middle = ipv6(env.v6("host6"), env.v6("peer6"), 58, icmp6(1, 0, cat(bytes(4), inner)))
     return ipv6(PUB6, env.v6("host6"), 58, icmp6(3, 0, cat(bytes(4), middle)))
+
+
+# -- network and transport protocols the walk does not follow
+
+@leak_class("other protocols")
+def sctp_init_addresses(env: Env) -> Blob:
+    """SCTP INIT with IPv4 and IPv6 address parameters (multi-homing)."""
+    chunk = cat(b"\x01\0\0\x2c", struct.pack("!IIHHI", 0x1234, 65535, 10, 10, 77), b"\0\x05\0\x08", env.v4("peer"),
+                b"\0\x06\0\x14", env.v6("peer6"))
+    return ipv4(env.v4("host"), PUB4, 132, cat(struct.pack("!HHII", 5000, 80, 0, 0), chunk))
+
+
+@leak_class("other protocols")
+def igmpv3_report(env: Env) -> Blob:
+    """IGMPv3 membership report with private sources."""
+    rec = cat(b"\x01\0\0\x02", a4("232.1.1.1"), env.v4("peer"), env.v4("dns"))
+    msg = cat(b"\x22\0\0\0\0\0\0\x01", rec)
+    msg = msg.set16(2, csum(msg.data)).with_sum(Checksum(2, 0, len(msg)))
+    return ipv4(env.v4("host"), a4("224.0.0.22"), 2, msg, opts=b"\x94\x04\0\0", ttl=1)
+
+
+@leak_class("other protocols")
+def vrrp_advertisement(env: Env) -> Blob:
+    """VRRPv2 advertisement with private virtual addresses."""
+    msg = cat(b"\x21\x01\x64\x02\0\x01\0\0", env.v4("gw"), env.v4("gw2"), bytes(8))
+    msg = msg.set16(6, csum(msg.data)).with_sum(Checksum(6, 0, len(msg)))
+    return ipv4(env.v4("gw"), a4("224.0.0.18"), 112, msg, ttl=255)
 
 
 # -- link-layer protocols the walk does not parse

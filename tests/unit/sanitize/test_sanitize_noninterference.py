@@ -487,8 +487,11 @@ class Case:
     b: Blob
     caplen: int
 
-    def __repr__(self) -> str:  # hypothesis prints the falsifying case: keep it readable
+    def __repr__(self) -> str:
         return f"Case({self.name!r}, linktype {self.linktype}, cut {self.caplen}/{len(self.a)}, a={self.a.data.hex()})"
+
+    def _repr_pretty_(self, p: object, cycle: bool) -> None:  # hypothesis prints the falsifying case with this
+        p.text(repr(self))  # type: ignore[attr-defined]
 
 
 def _assignments() -> st.SearchStrategy[tuple[Env, Env]]:
