@@ -4,14 +4,34 @@ Corsaro/Moore rules (backscatter.md §H): one vector per (victim, attacked
 protocol); packets, bytes, first/last seen, distinct telescope addresses, ports,
 ICMP mismatches, the largest packet count in a 60 s window sliding by 10 s,
 per-site and per-sensor counts; idle timeout 300 s; an attack when packets >= 25,
-duration >= 60 s and peak >= 30 packets/minute. Multi-site merge (§I): event
-time with per-sensor watermarks (a packet more than the allowed lateness behind
-its own sensor's newest time is dropped and counted; vectors expire against
-the slowest sensor that is still active, so one site catching up on a backlog
-neither loses packets nor splits an attack), byte-identical IP packets seen by
-two sensors within ``dedup_window_s`` are counted once (as are exact replays of
-one sensor's packet after a restart, same time stamp), and the estimate uses
-the union of the contributing sites' telescopes.
+duration >= 60 s and peak >= 30 packets/minute.
+
+Multi-site merge (§I), in event time:
+- the watermark is the slowest *active* sensor's newest time minus the allowed
+  lateness (default 360 s: d4-core's 300 s file rotation delivers a site's packets
+  minutes late, and they must join the same attack); vectors idle for the idle
+  timeout behind it are final. A packet older than the watermark still joins its
+  open vector; only one whose vector is gone is too late: counted (stats, and the
+  ``late_packets`` of the next event), never merged into a second attack;
+- a sensor is active until it has been silent for ``source_idle_s`` of processing
+  time (the clock and the silence come with the input, in ``tick``); when every
+  sensor is silent the input has ended: every open vector is final, as at the end
+  of an offline run (``finish``);
+- byte-identical IP packets seen by two sensors within ``dedup_window_s`` are
+  counted once (as are exact replays of one sensor's packet after a restart);
+- extrapolation: each sensor watches either announced addresses (a count it
+  told the hub, its own and disjoint from every other sensor's) or the prefixes
+  configured for its site (unions counted once). The estimated rate is
+  packets x 2^32 / address-seconds, where address-seconds integrate, over the
+  attack, the addresses of the contributing sensors that were capturing at each
+  moment (so a sensor that joined late, or paused, is not counted for the time it
+  was not looking). With every sensor capturing throughout this is Moore's
+  observed rate x 2^32 / n.
+
+Events follow the data: ``declared`` when a vector passes the thresholds,
+``update`` when its packets grew by ``update_growth`` or a sensor joined, at most
+every ``update_interval_s`` (processing time when ticks give a clock, else event
+time), ``final`` when it ends. The newest event per attack id is the truth.
 
 Layout, chosen for speed and bounded memory:
 - every tracked vector is a row of numpy columns, updated by one numba loop per
@@ -21,18 +41,19 @@ Layout, chosen for speed and bounded memory:
   telescope addresses up to a cap, ports, sites, sensors); the first packet's
   details wait in columns until then, so one-packet noise costs no Python work.
 
-Everything is a function of the input sequence (no clocks), which makes a
-restored snapshot replay to exactly the same events.
+Everything is a function of the input sequence (no clocks of its own), which
+makes a restored snapshot replay to exactly the same events.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import ipaddress
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from itertools import repeat
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from numba import njit
@@ -43,14 +64,14 @@ from bridge.pcap import pack_record
 
 _NS = 1_000_000_000
 _BS_CLASSES = len(CLASS_NAMES) - FIRST_BACKSCATTER
-_SNAPSHOT_VERSION = 2  # 2: the col_live column
+_SNAPSHOT_VERSION = 3  # 3: sources (announcements, activity, silence), watermark, update bookkeeping
 _NEVER = int(np.iinfo(np.int64).min)
 _INITIAL_ROWS = 4096  # the table doubles up to max_victims as victims appear
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Thresholds and bounds; defaults are Corsaro's / Moore 2006 (backscatter.md §H)."""
+    """Thresholds and bounds; detection defaults are Corsaro's / Moore 2006 (backscatter.md §H)."""
 
     min_packets: int = 25
     min_duration_s: float = 60.0
@@ -58,9 +79,12 @@ class DetectorConfig:
     idle_timeout_s: float = 300.0
     bucket_s: float = 10.0
     window_buckets: int = 6  # 60 s window sliding by 10 s
-    allowed_lateness_s: float = 60.0
-    update_interval_s: float = 60.0
-    source_idle_s: float = 900.0  # a sensor this far behind the newest one no longer holds expiry back
+    allowed_lateness_s: float = 360.0  # d4-core's 300 s rotation plus a minute of delivery
+    update_interval_s: float = 10.0  # at most one update per attack this often
+    update_growth: float = 0.1  # an update needs 10% more packets (or a new sensor)
+    source_idle_s: float = 30.0  # processing time: a sensor this silent stops holding event time back
+    max_source_lag_s: float = 900.0  # event time: a sensor this far behind the newest one does not hold it back
+    coverage_gap_s: float = 20.0  # no packet for longer: the sensor was not capturing
     dedup_window_s: float = 5.0  # two sites' copies of a packet: clock offsets up to +-2.5 s
     dedup_slots: int = 1 << 18  # 5 MB; about a minute of backscatter at 4,000 packets/s per partition
     max_victims: int = 262_144
@@ -76,12 +100,55 @@ PROFILES: dict[str, DetectorConfig] = {
 }
 
 
+def activity_spans(ts_ns: np.ndarray, gap_ns: int) -> list[tuple[int, int]]:
+    """Runs [start, end] of capture activity: packet times cut where none came for more than ``gap_ns``."""
+    if not ts_ns.size:
+        return []
+    t = ts_ns if bool(np.all(ts_ns[1:] >= ts_ns[:-1])) else np.sort(ts_ns)
+    cut = np.flatnonzero(np.diff(t) > gap_ns)
+    starts = np.concatenate((t[:1], t[cut + 1]))
+    ends = np.concatenate((t[cut], t[-1:]))
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def merge_spans(spans: list[list[int]], new: Iterable[tuple[int, int]], gap_ns: int) -> None:
+    """Add ``new`` runs to the sorted, disjoint ``spans`` in place (runs closer than ``gap_ns`` join)."""
+    for a, b in new:
+        i = bisect.bisect_left(spans, [a, b])
+        spans.insert(i, [a, b])
+        j = max(i - 1, 0)
+        while j + 1 < len(spans):  # the new run can only touch its neighbours and what it covers
+            if spans[j + 1][0] <= spans[j][1] + gap_ns:
+                spans[j][1] = max(spans[j][1], spans.pop(j + 1)[1])
+            elif j >= i:
+                break
+            else:
+                j += 1
+
+
 @dataclass
 class _Detail:
     addresses: set[int] = field(default_factory=set)
     ports: set[int] = field(default_factory=set)
     sites: dict[str, int] = field(default_factory=dict)
     sensors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Source:
+    """What the aggregator knows of one sensor."""
+
+    site: str = ""  # site named by its records
+    announced_site: str = ""  # site it announced ("" = none)
+    announced: int = 0  # monitored addresses it announced (0 = none: the site's prefixes apply)
+    max_ts: int = _NEVER  # newest event time
+    heard_ns: int = _NEVER  # processing time of the latest tick that named it
+    group: str = ""  # input partition its records are read from ("" = not known: never silent)
+    spans: list[list[int]] = field(default_factory=list)  # capture activity, event time
+
+    @property
+    def site_name(self) -> str:
+        return self.announced_site or self.site
 
 
 @dataclass
@@ -95,6 +162,7 @@ class Stats:
     dedup_overflow: int = 0
     evicted: int = 0
     expired: int = 0
+    inputs_ended: int = 0
     events: dict[str, int] = field(default_factory=lambda: {"declared": 0, "update": 0, "final": 0})
 
 
@@ -196,13 +264,14 @@ _COLUMNS = {  # name: (dtype, extra shape)
     "key": (np.uint64, ()), "packets": (np.int64, ()), "bytes": (np.int64, ()), "first": (np.int64, ()),
     "last": (np.int64, ()), "mism": (np.int64, ()), "head": (np.int64, ()), "max_ppm": (np.int64, ()),
     "tele0": (np.uint32, ()), "port0": (np.uint16, ()), "spoofed0": (np.uint16, ()), "site0": (np.int32, ()),
-    "sensor0": (np.int32, ()), "declared": (np.bool_, ()), "seq": (np.int64, ()), "emitted_last": (np.int64, ()),
-    "attack_first": (np.int64, ()), "classes": (np.int64, (_BS_CLASSES,)), "live": (np.bool_, ()),
+    "sensor0": (np.int32, ()), "declared": (np.bool_, ()), "seq": (np.int64, ()), "attack_first": (np.int64, ()),
+    "classes": (np.int64, (_BS_CLASSES,)), "live": (np.bool_, ()), "nsensors": (np.int32, ()),
+    "emitted_packets": (np.int64, ()), "emitted_sensors": (np.int32, ()), "emitted_at": (np.int64, ()),
 }
 
 
 class Aggregator:
-    """Backscatter attack detector over a sequence of pcap batches."""
+    """Backscatter attack detector over a sequence of pcap batches and ticks."""
 
     def __init__(self, telescopes: Telescopes, config: DetectorConfig = DetectorConfig()) -> None:
         self.telescopes = telescopes
@@ -214,11 +283,17 @@ class Aggregator:
         self.details: dict[int, _Detail] = {}
         self.sites: list[str] = []
         self.sensors: list[str] = []
+        self.sources: list[Source] = []  # aligned with self.sensors
+        self._sensor_idx: dict[str, int] = {}
+        self.groups: dict[str, list[int]] = {}  # input partition -> [latest tick time, read since]
         self.dedup_h = np.zeros(config.dedup_slots, np.uint64)
         self.dedup_t = np.zeros(config.dedup_slots, np.int64)
         self.dedup_s = np.zeros(config.dedup_slots, np.int32)
-        self.sensor_max: list[int] = []  # newest event time per sensor (aligned with self.sensors)
-        self.swept_at = np.iinfo(np.int64).min
+        self.wm = _NEVER
+        self.clock = _NEVER  # processing time, from ticks
+        self.ended = False  # every sensor silent: the open vectors were made final
+        self.late_pending = 0  # too-late packets not yet reported in an event
+        self.swept_at = _NEVER
         self.stats = Stats()
 
     # ------------------------------------------------------------------ input
@@ -226,68 +301,134 @@ class Aggregator:
     @property
     def max_ts(self) -> int:
         """Newest event time seen from any sensor."""
-        return max(self.sensor_max, default=_NEVER)
+        return max((s.max_ts for s in self.sources), default=_NEVER)
 
     @property
     def watermark_ns(self) -> int:
-        """Event time all active sensors have passed, minus the allowed lateness (drives expiry)."""
-        newest = self.max_ts
-        active = [t for t in self.sensor_max if t >= newest - self.config.source_idle_s * _NS]
-        return max(min(active, default=_NEVER) - int(self.config.allowed_lateness_s * _NS), _NEVER)
+        """Event time behind which vectors idle for the idle timeout are final (never decreases)."""
+        return self.wm
 
     @property
     def active_attacks(self) -> int:
         """Declared attacks not yet final."""
         return int(np.count_nonzero(self.cols["declared"]))
 
-    def process(self, cols: Classified, site: str, sensor: str) -> list[dict[str, Any]]:
-        """Add one classified batch from ``sensor`` at ``site``; return the events it causes."""
+    def silent(self, src: Source) -> bool:
+        """True when ``src`` has been silent for source_idle_s while its input partition was being read."""
+        g = self.groups.get(src.group)
+        return g is not None and g[0] - max(src.heard_ns, g[1]) > self.config.source_idle_s * _NS
+
+    def process(self, cols: Classified, site: str, sensor: str, activity: bool = True) -> list[dict[str, Any]]:
+        """Add one classified batch from ``sensor`` at ``site``; return the events it causes.
+
+        ``activity``: the batch holds all the sensor captured over its time span, so its
+        packet times show when the sensor was capturing (off when ``tick`` tells that).
+        """
+        cfg = self.config
         self.stats.classes += class_counts(cols)
-        keep = cols.backscatter()
-        inside = self.telescopes.of(site).contains(cols.telescope)
-        self.stats.outside_telescope += int(np.count_nonzero(keep & ~inside))
-        keep &= inside
         source = self._sensor_index(sensor)
-        lateness = int(self.config.allowed_lateness_s * _NS)
-        # Judged against the packet's own sensor only: a site whose backlog is read after the
-        # others' (a consumer catching up serves partitions unevenly) loses nothing.
-        limit = max(self.sensor_max[source] - lateness, _NEVER)
-        late = keep & (cols.ts_ns < limit)
-        self.stats.late += int(np.count_nonzero(late))
-        idx = np.nonzero(keep & ~late)[0]
+        src = self.sources[source]
+        src.site = site
+        if activity and cols.count:
+            merge_spans(src.spans, activity_spans(cols.ts_ns, int(cfg.coverage_gap_s * _NS)),
+                        int(cfg.coverage_gap_s * _NS))
+        keep = cols.backscatter()
+        if not src.announced:  # an announced count replaces prefixes: the hub cannot know them
+            inside = self.telescopes.of(src.site_name).contains(cols.telescope)
+            self.stats.outside_telescope += int(np.count_nonzero(keep & ~inside))
+            keep &= inside
+        self._drop_late(cols, keep)
         if cols.count:
-            self.sensor_max[source] = max(self.sensor_max[source], int(cols.ts_ns.max()))
+            src.max_ts = max(src.max_ts, int(cols.ts_ns.max()))
+        self.ended = False
+        idx = np.nonzero(keep)[0]
         if idx.size:
             dup, overflow = _dedup(cols.digest[idx], cols.ts_ns[idx], np.full(idx.size, source, np.int32),
                                    self.dedup_h, self.dedup_t, self.dedup_s, self._dedup_horizon,
-                                   int(self.config.dedup_window_s * _NS))
+                                   int(cfg.dedup_window_s * _NS))
             self.stats.duplicates += int(np.count_nonzero(dup))
             self.stats.dedup_overflow += int(overflow)
             idx = idx[~dup]
         events: list[dict[str, Any]] = []
         touched = np.zeros(0, np.int64)
         if idx.size:
-            touched = self._aggregate(cols, idx, site, sensor, events)
+            touched = self._aggregate(cols, idx, src.site_name, sensor, events)
         events += self._decide(touched)
+        self._advance()
         events += self._sweep()
         return events
 
-    def advance(self, event_ns: int, sensor: str) -> list[dict[str, Any]]:
-        """``sensor``'s capture has reached ``event_ns`` (told without packets): expire idle vectors."""
-        source = self._sensor_index(sensor)
-        self.sensor_max[source] = max(self.sensor_max[source], int(event_ns))
-        return self._sweep()
+    def tick(self, now_ns: int, groups: Mapping[str, int] = {},
+             progress: Iterable[tuple[str, str, str, int, Iterable[tuple[int, int]]]] = (),
+             announcements: Iterable[tuple[str, str, int]] = ()) -> list[dict[str, Any]]:
+        """Processing time ``now_ns`` and what the input did since the last tick.
+
+        ``groups``: input partition -> processing time its reading began (their readers are
+        alive); ``progress``: (sensor, site, input partition, newest event time, capture
+        spans) of every sensor heard since; ``announcements``: (sensor, site, monitored
+        addresses) a sensor said it watches.
+        """
+        gap = int(self.config.coverage_gap_s * _NS)
+        self.clock = max(self.clock, int(now_ns))
+        for key, since in groups.items():
+            g = self.groups.setdefault(key, [_NEVER, _NEVER])
+            g[0], g[1] = max(g[0], int(now_ns)), int(since)
+        for sensor, site, monitored in announcements:
+            src = self.sources[self._sensor_index(sensor)]
+            src.announced_site, src.announced = site, int(monitored)
+        for sensor, site, group, newest, spans in progress:
+            src = self.sources[self._sensor_index(sensor)]
+            src.site, src.group = site, group
+            src.heard_ns = max(src.heard_ns, int(now_ns))
+            src.max_ts = max(src.max_ts, int(newest))
+            merge_spans(src.spans, spans, gap)
+            self.ended = False
+        if self.sources and not self.ended and all(self.silent(s) for s in self.sources):
+            return self._end_of_input()
+        self._advance()
+        return self._sweep() + self._updates(self._live_rows())
 
     @property
     def _dedup_horizon(self) -> int:
-        """Packets remembered for copies until every active sensor is the lateness plus the window past them."""
-        return max(self.watermark_ns - int(self.config.dedup_window_s * _NS), _NEVER)
+        """Packets remembered for copies until the watermark is the window past them."""
+        return max(self.wm - int(self.config.dedup_window_s * _NS), _NEVER)
 
     def finish(self) -> list[dict[str, Any]]:
         """End of input: expire every vector (final events for declared attacks)."""
         return self._expire(self._live_rows())
 
     # ------------------------------------------------------------------ internals
+
+    def _end_of_input(self) -> list[dict[str, Any]]:
+        """Every sensor went silent: the input ended, so every open vector is final now.
+
+        The watermark moves to the newest time seen: a packet older than that arriving
+        later (a site back from an outage) is too late for an attack already reported final.
+        """
+        self.ended = True
+        self.stats.inputs_ended += 1
+        self.wm = max(self.wm, self.max_ts)
+        return self.finish()
+
+    def _advance(self) -> None:
+        """Move the watermark to the slowest active sensor's newest time minus the allowed lateness."""
+        cfg = self.config
+        newest = self.max_ts
+        active = [s.max_ts for s in self.sources
+                  if s.max_ts >= newest - cfg.max_source_lag_s * _NS and not self.silent(s)]
+        if active:
+            self.wm = max(self.wm, min(active) - int(cfg.allowed_lateness_s * _NS))
+
+    def _drop_late(self, cols: Classified, keep: np.ndarray) -> None:
+        """Unmark packets behind the watermark whose vector is gone (they would start a second attack)."""
+        old = np.nonzero(keep & (cols.ts_ns < self.wm))[0]
+        if not old.size:
+            return
+        keys = (cols.victim[old].astype(np.uint64) << np.uint64(8)) | cols.proto[old].astype(np.uint64)
+        gone = old[np.fromiter((k not in self.index for k in keys.tolist()), np.bool_, old.size)]
+        keep[gone] = False
+        self.stats.late += int(gone.size)
+        self.late_pending += int(gone.size)
 
     @property
     def capacity(self) -> int:
@@ -319,10 +460,12 @@ class Aggregator:
         return self.sites.index(site)
 
     def _sensor_index(self, sensor: str) -> int:
-        if sensor not in self.sensors:
+        i = self._sensor_idx.get(sensor)
+        if i is None:
+            i = self._sensor_idx[sensor] = len(self.sensors)
             self.sensors.append(sensor)
-            self.sensor_max.append(_NEVER)
-        return self.sensors.index(sensor)
+            self.sources.append(Source())
+        return i
 
     def _aggregate(self, cols: Classified, idx: np.ndarray, site: str, sensor: str, events: list) -> np.ndarray:
         c = self.cols
@@ -342,6 +485,7 @@ class Aggregator:
             rows[new] = taken
             c["key"][taken] = uniq[new]
             c["live"][taken] = True
+            c["nsensors"][taken] = 1
             self.index.update(zip(uniq[new].tolist(), taken))
         before = c["packets"][rows].copy()
         _update(rows[inverse], cols.ts_ns[idx], cols.ip_len[idx], cols.mismatch[idx], cols.cls[idx],
@@ -382,6 +526,7 @@ class Aggregator:
             detail.ports.update(np.unique(ports).tolist())
         detail.sites[site] = detail.sites.get(site, 0) + int(tele.size)
         detail.sensors[sensor] = detail.sensors.get(sensor, 0) + int(tele.size)
+        self.cols["nsensors"][row] = len(detail.sensors)
 
     def _is_attack(self, rows: np.ndarray) -> np.ndarray:
         c, cfg = self.cols, self.config
@@ -389,33 +534,55 @@ class Aggregator:
                 & (c["last"][rows] - c["first"][rows] >= int(cfg.min_duration_s * _NS))
                 & (c["max_ppm"][rows] >= cfg.min_ppm))
 
+    @property
+    def _now(self) -> int:
+        """The time updates are paced by: processing time from ticks, else (offline) event time."""
+        return self.clock if self.clock != _NEVER else self.max_ts
+
     def _decide(self, touched: np.ndarray) -> list[dict[str, Any]]:
-        """Declare vectors that became attacks; update declared ones every update_interval_s of event time."""
+        """Declare vectors that became attacks; update declared ones that changed materially."""
         if not touched.size:
             return []
         c = self.cols
-        events = []
         touched = touched[np.argsort(c["key"][touched], kind="stable")]  # a stable event order
         declared = c["declared"][touched]
+        events = []
         for r in touched[~declared & self._is_attack(touched)].tolist():
             c["declared"][r] = True
             c["attack_first"][r] = c["first"][r]
             events.append(self._emit(r, "declared"))
-        due = declared & (c["last"][touched] - c["emitted_last"][touched] >= int(self.config.update_interval_s * _NS))
-        for r in touched[due].tolist():
-            events.append(self._emit(r, "update"))
-        return events
+        return events + self._updates(touched[declared])
+
+    def _updates(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """Updates of the declared ``rows`` that changed materially and were not updated too recently."""
+        c, cfg = self.cols, self.config
+        rows = rows[c["declared"][rows]]
+        grown = ((c["packets"][rows] >= c["emitted_packets"][rows] * (1 + cfg.update_growth))
+                 | (c["nsensors"][rows] != c["emitted_sensors"][rows]))
+        due = grown & (self._now - c["emitted_at"][rows] >= int(cfg.update_interval_s * _NS))
+        rows = rows[due]
+        return [self._emit(r, "update") for r in rows[np.argsort(c["key"][rows], kind="stable")].tolist()]
 
     def _sweep(self) -> list[dict[str, Any]]:
         """Expire vectors idle for idle_timeout_s of event time (checked once per bucket of watermark progress)."""
-        wm = self.watermark_ns
+        wm = self.wm
         if wm < self.swept_at + int(self.config.bucket_s * _NS):
             return []
         self.swept_at = wm
         rows = self._live_rows()
         idle = rows[self.cols["last"][rows] < wm - int(self.config.idle_timeout_s * _NS)]
         self.stats.expired += int(idle.size)
-        return self._expire(idle)
+        events = self._expire(idle)
+        self._forget_activity()
+        return events
+
+    def _forget_activity(self) -> None:
+        """Drop capture spans no open vector reaches back to (they only serve the estimates)."""
+        rows = self._live_rows()
+        horizon = int(self.cols["first"][rows].min()) if rows.size else self.wm
+        for src in self.sources:
+            while len(src.spans) > 1 and src.spans[0][1] < horizon:
+                src.spans.pop(0)
 
     def _expire(self, rows: np.ndarray) -> list[dict[str, Any]]:
         c = self.cols
@@ -442,6 +609,35 @@ class Aggregator:
         self.stats.evicted += int(victims.size)
         return self._expire(victims)
 
+    # ------------------------------------------------------------------ estimates
+
+    def _monitored(self, sources: list[Source]) -> int:
+        """Addresses watched by ``sources`` together: announced counts add, configured prefixes unite."""
+        announced = sum(s.announced for s in sources)
+        prefix_sites = {s.site_name for s in sources if not s.announced}
+        return announced + (self.telescopes.monitored(prefix_sites) if prefix_sites else 0)
+
+    def _address_seconds(self, first: int, last: int, sources: list[Source]) -> float:
+        """Addresses x seconds the ``sources`` watched between ``first`` and ``last``.
+
+        A sensor counts as capturing from coverage_gap_s / 2 before to after each run of its
+        packets, so a steady sensor covers the whole time and a silent one nothing.
+        """
+        pad = int(self.config.coverage_gap_s * _NS) // 2
+        runs = []
+        points = {first, last}
+        for src in sources:
+            mine = [(max(a - pad, first), min(b + pad, last)) for a, b in src.spans if b + pad > first and a - pad < last]
+            runs.append(mine)
+            points.update(p for run in mine for p in run)
+        edges = sorted(points)
+        total = 0.0
+        for lo, hi in zip(edges, edges[1:]):
+            active = [src for src, mine in zip(sources, runs) if any(a <= lo and hi <= b for a, b in mine)]
+            if active:
+                total += (hi - lo) / _NS * self._monitored(active)
+        return total
+
     # ------------------------------------------------------------------ events
 
     def _emit(self, r: int, status: str) -> dict[str, Any]:
@@ -454,10 +650,13 @@ class Aggregator:
             detail = _Detail({int(c["tele0"][r])}, {int(c["port0"][r])} if proto in (6, 17) else set(),
                              {self.sites[c["site0"][r]]: 1}, {self.sensors[c["sensor0"][r]]: 1})
         packets = int(c["packets"][r])
-        duration = (int(c["last"][r]) - int(c["first"][r])) / _NS
+        first, last = int(c["first"][r]), int(c["last"][r])
+        duration = (last - first) / _NS
         observed = packets / duration if duration > 0 else float(packets)
-        monitored = self.telescopes.monitored(detail.sites)
-        scale = 2**32 / monitored
+        sources = [self.sources[self._sensor_idx[s]] for s in sorted(detail.sensors)]
+        monitored = self._monitored(sources)
+        address_seconds = self._address_seconds(first, last, sources) if duration > 0 else 0.0
+        estimated = packets * 2**32 / address_seconds if address_seconds > 0 else observed * 2**32 / max(monitored, 1)
         ports = sorted(detail.ports)
         event = {
             "attack_id": f"{victim}/{PROTOCOL_NAMES.get(proto, str(proto))}/{int(c['attack_first'][r])}",
@@ -465,8 +664,8 @@ class Aggregator:
             "victim": victim,
             "protocol": PROTOCOL_NAMES.get(proto, "other"),
             "ports": ports[:cfg.max_ports],
-            "first_seen_ns": int(c["first"][r]),
-            "last_seen_ns": int(c["last"][r]),
+            "first_seen_ns": first,
+            "last_seen_ns": last,
             "packets": packets,
             "bytes": int(c["bytes"][r]),
             "telescope_addresses": len(detail.addresses),
@@ -474,24 +673,29 @@ class Aggregator:
             "icmp_mismatches": int(c["mism"][r]),
             "observed_pps": observed,
             "monitored_addresses": monitored,
-            "estimated_pps": observed * scale,
+            "estimated_pps": estimated,
             "classes": {CLASS_NAMES[FIRST_BACKSCATTER + k]: int(v) for k, v in enumerate(c["classes"][r]) if v},
             "sites": dict(sorted(detail.sites.items())),
             "sensors": dict(sorted(detail.sensors.items())),
             "emitted_ns": 0,
             "seq": int(c["seq"][r]),
             "port_count": len(ports),
-            "estimated_peak_pps": c["max_ppm"][r] / (cfg.bucket_s * cfg.window_buckets) * scale,
+            "estimated_peak_pps": c["max_ppm"][r] / (cfg.bucket_s * cfg.window_buckets) * 2**32 / max(monitored, 1),
+            "address_seconds": address_seconds,
+            "late_packets": self.late_pending,
         }
+        self.late_pending = 0
         c["seq"][r] += 1
-        c["emitted_last"][r] = c["last"][r]
+        c["emitted_packets"][r] = packets
+        c["emitted_sensors"][r] = c["nsensors"][r]
+        c["emitted_at"][r] = self._now
         self.stats.events[status] += 1
         return event
 
     # ------------------------------------------------------------------ snapshot
 
     def snapshot(self) -> bytes:
-        """Serialize the whole state (live rows, details, dedup memory, watermark)."""
+        """Serialize the whole state (live rows, details, dedup memory, sources, watermark)."""
         rows = self._live_rows()
         arrays = {f"col_{name}": col[rows] for name, col in self.cols.items()}
         live = (self.dedup_h != 0) & (self.dedup_t >= self._dedup_horizon)
@@ -504,7 +708,9 @@ class Aggregator:
             if d is not None:
                 arrays[f"addr_{pos}"] = np.array(sorted(d.addresses), dtype=np.uint32)
                 details.append([pos, sorted(d.ports), d.sites, d.sensors])
-        meta = {"version": _SNAPSHOT_VERSION, "sensor_max": self.sensor_max, "swept_at": int(self.swept_at),
+        meta = {"version": _SNAPSHOT_VERSION, "sources": [asdict(s) for s in self.sources],
+                "groups": self.groups, "wm": self.wm, "clock": self.clock, "ended": self.ended,
+                "late_pending": self.late_pending, "swept_at": int(self.swept_at),
                 "sites": self.sites, "sensors": self.sensors, "details": details,
                 "stats": {k: v for k, v in vars(self.stats).items() if k != "classes"},
                 "classes": self.stats.classes.tolist()}
@@ -534,8 +740,12 @@ class Aggregator:
             order = np.argsort(z["dedup_t"], kind="stable")  # re-insert oldest first, as they came
             _dedup(z["dedup_h"][order], z["dedup_t"][order], z["dedup_s"][order], agg.dedup_h, agg.dedup_t,
                    agg.dedup_s, _NEVER, -1)
-        agg.sensor_max, agg.swept_at = meta["sensor_max"], meta["swept_at"]
         agg.sites, agg.sensors = meta["sites"], meta["sensors"]
+        agg.sources = [Source(**s) for s in meta["sources"]]
+        agg._sensor_idx = {s: i for i, s in enumerate(agg.sensors)}
+        agg.groups = meta["groups"]
+        agg.wm, agg.clock, agg.ended = meta["wm"], meta["clock"], meta["ended"]
+        agg.late_pending, agg.swept_at = meta["late_pending"], meta["swept_at"]
         agg.stats = replace(Stats(), **meta["stats"], classes=np.array(meta["classes"], np.int64))
         return agg
 

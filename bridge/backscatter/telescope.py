@@ -2,7 +2,9 @@
 
 Moore's extrapolation multiplies the observed rate by 2^32 / n, where n is the
 number of monitored addresses; when several sites contribute, n is the size of
-the UNION of their prefixes (overlaps counted once, backscatter.md §I).
+the UNION of their prefixes (overlaps counted once, backscatter.md §I). Sites that
+announce their monitored address count need no prefixes here (the aggregator
+takes their count); configured prefixes are the override for sites that do not.
 """
 
 from __future__ import annotations
@@ -49,14 +51,12 @@ class PrefixSet:
 
 
 class Telescopes:
-    """Monitored prefixes per site, with a default for sites not listed."""
+    """Monitored prefixes per site, with a default for sites not listed (either may be empty)."""
 
     def __init__(self, default: Sequence[str], per_site: Mapping[str, Sequence[str]] | None = None) -> None:
         self.default = PrefixSet(default)
         self.per_site = {site: PrefixSet(p) for site, p in (per_site or {}).items()}
         self._union_cache: dict[frozenset[str], int] = {}
-        if self.default.size == 0 and not self.per_site:
-            raise ValueError("no telescope prefixes configured")
 
     def of(self, site: str) -> PrefixSet:
         """The prefixes monitored by ``site``."""
@@ -69,5 +69,5 @@ class Telescopes:
             prefixes: list[str] = []
             for site in key:
                 prefixes += self.of(site).prefixes()
-            self._union_cache[key] = PrefixSet(prefixes).size or self.default.size
+            self._union_cache[key] = PrefixSet(prefixes).size
         return self._union_cache[key]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from bridge import records
 from bridge import traffic as T
-from bridge.backscatter.aggregate import PROFILES, Aggregator, DetectorConfig
+from bridge.backscatter.aggregate import PROFILES, Aggregator, DetectorConfig, activity_spans, merge_spans
 from bridge.backscatter.classify import classify
 from bridge.backscatter.telescope import PrefixSet, Telescopes
 
@@ -120,16 +121,26 @@ def test_estimate_uses_the_union_of_contributing_sites_only() -> None:
     assert {e["monitored_addresses"] for e in events} == {65536}
 
 
-def test_late_packets_are_dropped_and_counted() -> None:
-    g = T.generate(T.Scenario(attacks=T.reference_attacks(0, 300)[:1], background=(), seed=3), START, 300, 0)
+def test_packets_too_late_for_a_final_attack_are_counted_not_a_second_attack() -> None:
+    """Site b delivers after site a's time has passed its attack by more than the allowed lateness."""
+    attacks = (T.Attack("syn_flood", "198.51.100.10", 443, 300_000, 0, 300),
+               T.Attack("syn_flood", "198.51.100.20", 443, 300_000, 1000, 300))
+    sites = {"a": ("10.1.0.0/17",), "b": ("10.1.128.0/17",)}
+    g = T.generate(T.Scenario(attacks=attacks, background=(), seed=3), START, 1400, 0)
     agg = Aggregator(Telescopes(["10.1.0.0/16"]), DetectorConfig(allowed_lateness_s=30))
-    batches = list(_batches(g, 100))
-    agg.process(classify(batches[-1]), "a", "s")  # the newest data first: everything older than 30 s is late
-    for b in batches[:-1]:
-        agg.process(classify(b), "a", "s")
-    last = classify(batches[-1]).ts_ns.max()
-    expected_late = np.count_nonzero(g.ts_ns[:g.count - classify(batches[-1]).count] < last - 30 * 10**9)
-    assert agg.stats.late == expected_late > 0
+    events = []
+    for site in ("a", "b"):  # all of a, then all of b: b's first attack ended long before
+        for batch in _batches(T.site_view(g, sites[site], 0.0)):
+            events += agg.process(classify(batch), site, site)
+    events += agg.finish()
+    b_first = T.site_view(g, sites["b"], 0.0)
+    b_cols = classify(b_first.packets)
+    expected = int(np.count_nonzero(b_cols.backscatter() & (b_cols.victim == int(ipaddress.IPv4Address("198.51.100.10")))))
+    assert agg.stats.late == expected > 0
+    assert sum(e["late_packets"] for e in events) == agg.stats.late, "each late packet reported in an event"
+    assert sorted(e["victim"] for e in events if e["status"] == "declared") == ["198.51.100.10", "198.51.100.20"]
+    final = {e["victim"]: e for e in events if e["status"] == "final"}
+    assert set(final["198.51.100.10"]["sites"]) == {"a"} and set(final["198.51.100.20"]["sites"]) == {"a", "b"}
 
 
 def test_state_is_bounded_and_eviction_counted() -> None:
@@ -226,3 +237,110 @@ def test_snapshot_of_another_version_is_refused_not_misread() -> None:
     np.savez_compressed(buf, **arrays)
     with pytest.raises(ValueError, match="snapshot version"):
         Aggregator.restore(buf.getvalue(), Telescopes(["10.1.0.0/16"]))
+
+
+def test_spans_merge_in_any_order() -> None:
+    spans: list[list[int]] = []
+    for run in [(50, 60), (10, 20), (25, 30), (100, 110), (61, 99)]:
+        merge_spans(spans, [run], gap_ns=5)
+    assert spans == [[10, 30], [50, 110]]
+    assert activity_spans(np.array([5, 1, 2, 40, 41], np.int64), 10) == [(1, 5), (40, 41)]
+
+
+def _ticked(g: T.GeneratedTraffic, sites: dict[str, tuple[str, ...]], size: int = BATCH) -> list[tuple]:
+    """(site, batch) in capture order across sites, as a hub's route stage would pass them."""
+    out = []
+    for site, prefixes in sites.items():
+        view = T.site_view(g, prefixes, 0.0)
+        out += [(int(classify(b).ts_ns.max()), site, b) for b in _batches(view, size)]
+    return sorted(out, key=lambda x: x[0])
+
+
+def test_events_follow_the_data_and_silence_ends_the_input() -> None:
+    """Updates while the attack grows, paced in processing time; when every sensor falls silent,
+    the finals come at once and equal an offline run's."""
+    sites = {"a": ("10.1.0.0/17",), "b": ("10.1.128.0/17",)}
+    g = T.generate(T.Scenario(attacks=T.reference_attacks(10, 200), seed=15), START, 260, 100)
+    offline = Aggregator(Telescopes(["10.1.0.0/16"]))
+    for _, site, batch in _ticked(g, sites, 200):
+        offline.process(classify(batch), site, site)
+    expected = {e["attack_id"]: e for e in offline.finish()}
+    cfg = DetectorConfig(update_interval_s=2.0, source_idle_s=1.5)
+    agg = Aggregator(Telescopes(["10.1.0.0/16"]), cfg)
+    events, now = [], START
+    for newest, site, batch in _ticked(g, sites, 200):
+        cols = classify(batch)
+        events += agg.process(cols, site, site, activity=False)
+        now += 100_000_000  # 10 batches per second of processing time
+        events += agg.tick(now, {"in/0": START}, [(site, site, "in/0", newest, activity_spans(cols.ts_ns, 20 * 10**9))])
+    assert not any(e["status"] == "final" for e in events), "the attacks run to the end of the capture"
+    updates = [e for e in events if e["status"] == "update"]
+    assert updates and all(e["packets"] > 0 for e in updates)
+    for attack_id in expected:
+        mine = [e for e in events if e["attack_id"] == attack_id]
+        assert [e["packets"] for e in mine] == sorted(e["packets"] for e in mine), "the figures only grow"
+        assert len(mine) <= 2 + (now - START) / 2e9, "at most one update per update_interval_s"
+    # nothing heard for 1 s: still waiting; 1.6 s: every sensor is silent, the input has ended
+    assert agg.tick(now + 1_000_000_000, {"in/0": START}) == []
+    finals = agg.tick(now + 1_600_000_000, {"in/0": START})
+    assert {e["attack_id"] for e in finals} == set(expected) and all(e["status"] == "final" for e in finals)
+    for e in finals:
+        want = expected[e["attack_id"]]
+        for k in ("packets", "bytes", "first_seen_ns", "last_seen_ns", "sites", "sensors", "telescope_addresses"):
+            assert e[k] == want[k], k
+        assert abs(e["estimated_pps"] - want["estimated_pps"]) <= 0.01 * want["estimated_pps"]
+    assert agg.active_attacks == 0 and agg.stats.inputs_ended == 1
+
+
+def test_a_silent_sensor_stops_holding_event_time_back() -> None:
+    sites = {"a": ("10.1.0.0/17",), "b": ("10.1.128.0/17",)}
+    g = T.generate(T.Scenario(attacks=T.reference_attacks(10, 100), seed=16), START, 900, 20)
+    agg = Aggregator(Telescopes(["10.1.0.0/16"]), DetectorConfig(source_idle_s=1.0))
+    events, now = [], START
+    for newest, site, batch in _ticked(g, sites):
+        if site == "b" and newest > START + 150 * 10**9:
+            continue  # b stops sending after 150 s of capture (an egress outage)
+        cols = classify(batch)
+        events += agg.process(cols, site, site, activity=False)
+        now += 200_000_000
+        events += agg.tick(now, {"in/0": START, "in/1": START},
+                           [(site, site, f"in/{site == 'b':d}", newest, activity_spans(cols.ts_ns, 20 * 10**9))])
+    assert {e["victim"] for e in events if e["status"] == "final"} == {t.victim for t in g.truth}, \
+        "b went silent long ago: a alone moves event time past the attacks"
+
+
+def test_estimate_counts_each_sensor_for_the_time_it_was_capturing() -> None:
+    """The demo's shape: one sensor watches a quarter of the telescope from the start, the other three
+    quarters join 80 s into a 120 s attack. Moore's n over the whole duration would say 44%."""
+    g = T.generate(T.Scenario(attacks=(T.Attack("syn_flood", "198.51.100.10", 443, 400_000, 0, 120),), seed=17),
+                   START, 120, 100)
+    agg = Aggregator(Telescopes([], {"q": ["10.1.192.0/18"], "rest": ["10.1.0.0/17", "10.1.128.0/18"]}))
+    events = []
+    for _, site, batch in _ticked(g, {"q": ("10.1.192.0/18",), "rest": ("10.1.0.0/17", "10.1.128.0/18")}):
+        cols = classify(batch)
+        if site == "rest" and cols.ts_ns.max() < START + 80 * 10**9:
+            continue
+        events += agg.process(cols, site, site)
+    [final] = [e for e in events + agg.finish() if e["status"] == "final"]
+    assert final["monitored_addresses"] == 65536
+    assert abs(final["estimated_pps"] - 400_000) <= 0.2 * 400_000, final["estimated_pps"]
+    assert final["observed_pps"] * 2**32 / 65536 < 0.7 * 400_000, "the whole-duration estimate is far off"
+
+
+def test_announced_counts_replace_prefixes_and_add_up_across_sites() -> None:
+    """Two sites sanitized onto the same 192.168.0.0/16 watch two /16s: 131,072 addresses, not 65,536."""
+    g = T.generate(T.Scenario(telescope=("10.1.0.0/16", "10.2.0.0/16"),
+                              attacks=(T.Attack("syn_flood", "198.51.100.10", 443, 200_000, 0, 200),), seed=18),
+                   START, 200, 50)
+    agg = Aggregator(Telescopes([]))  # no prefixes at all: only the announcements tell
+    agg.tick(START, announcements=[("s1", "north", 65536), ("s2", "south", 65536)])
+    events = []
+    for _, site, batch in _ticked(g, {"s1": ("10.1.0.0/16",), "s2": ("10.2.0.0/16",)}):
+        events += agg.process(classify(batch), "hub", site)
+    [final] = [e for e in events + agg.finish() if e["status"] == "final"]
+    assert final["sites"].keys() == {"north", "south"} and final["monitored_addresses"] == 131072
+    assert abs(final["estimated_pps"] - 200_000) <= 0.2 * 200_000
+    unknown = Aggregator(Telescopes([]))
+    for _, site, batch in _ticked(g, {"s1": ("10.1.0.0/16",)}):
+        assert unknown.process(classify(batch), "hub", site) == []
+    assert unknown.stats.outside_telescope > 0, "a sensor with neither announcement nor prefixes cannot count"
