@@ -5,10 +5,11 @@ key K = 32 bytes, AES key = K[0:16], pad = AES(K[16:32]); for bit i of an n-bit 
 f_i = MSB(AES(a[0:i] || pad[i:128])) and the result is a XOR f. IPv6 uses the same
 construction over 128 bits.
 
-The n inputs of one address do not depend on each other's output, so every input block of
-every address of a batch is built with numpy and encrypted in ONE AES-ECB call. Results are
-kept in a bounded cache, so each distinct address costs its 32 (IPv4) or 128 (IPv6) AES
-blocks once per process.
+The n inputs of one address do not depend on each other's output, and the input for bit i
+depends only on the first i bits, so the blocks of a batch's addresses are built level by level
+with numpy, each distinct prefix once, and encrypted in one AES-ECB call per level. Results are
+kept in a bounded cache, so each distinct address costs at most its 32 (IPv4) or 128 (IPv6)
+AES blocks once per process, and far fewer where addresses share prefixes.
 """
 
 from __future__ import annotations
@@ -16,14 +17,7 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-# addresses per AES call: bounds the temporary input array (IPv6: 4096 * 128 * 16 B = 8 MiB)
-_CHUNK = 4096
-
-
-def _prefix_masks(nbits: int) -> np.ndarray:
-    """(nbits, 16) uint8: row i has the top i bits of a 128-bit block set."""
-    bits = np.tril(np.ones((nbits, 128), dtype=np.uint8), k=-1)
-    return np.packbits(bits, axis=1)
+from bridge.sanitize.valuecache import ValueCache
 
 
 class CryptoPAn:
@@ -34,52 +28,64 @@ class CryptoPAn:
             raise ValueError("Crypto-PAn key must be 32 bytes")
         self._cipher = Cipher(algorithms.AES(key[:16]), modes.ECB())
         enc = self._cipher.encryptor()
-        pad = np.frombuffer(enc.update(key[16:32]) + enc.finalize(), dtype=np.uint8)
-        self._masks = {n: _prefix_masks(n) for n in (32, 128)}
-        self._pad_part = {n: pad[None, :] & ~m for n, m in self._masks.items()}
+        pad = enc.update(key[16:32]) + enc.finalize()
+        self._pad_words = np.frombuffer(pad, dtype=">u8").astype(np.uint64)
         self._cache_size = cache_size
-        # IPv4: sorted arrays (vectorized lookups); IPv6: a dict of 16-byte keys
-        self._v4_keys = np.empty(0, dtype=np.uint32)
-        self._v4_vals = np.empty(0, dtype=np.uint32)
+        # IPv4: a compiled hash table (every site of every batch is looked up); IPv6 (rarer):
+        # a dict of 16-byte keys
+        self._v4 = ValueCache(self._compute_v4, cache_size)
         self._v6: dict[bytes, bytes] = {}
 
     def _compute(self, addrs: np.ndarray, nbits: int) -> np.ndarray:
-        """Anonymize distinct addresses given as (n, nbits/8) big-endian uint8 rows."""
+        """Anonymize distinct addresses given as (n, nbits/8) big-endian uint8 rows.
+
+        The AES input for bit i of an address depends only on its first i bits, so addresses
+        sharing a prefix share those blocks: a telescope's dense /16 needs about 65,000 AES
+        blocks instead of 32 per address. Sorted, the addresses with a common i-bit prefix are
+        neighbours, so each level's distinct prefixes are found in one linear pass (over the
+        address as two 64-bit words, high first)."""
         n = len(addrs)
-        nbytes = nbits // 8
-        out = np.empty_like(addrs)
-        masks, pad_part = self._masks[nbits], self._pad_part[nbits]
+        if n == 0:
+            return addrs.copy()
+        full = np.zeros((n, 16), dtype=np.uint8)
+        full[:, :nbits // 8] = addrs
+        words = full.view(">u8").astype(np.uint64)  # (n, 2)
+        order = np.lexsort((words[:, 1], words[:, 0]))
+        words = words[order]
+        pad = self._pad_words
+        flips = np.zeros((n, 2), dtype=np.uint64)
+        same_before = np.ones(n - 1, dtype=bool)  # equal in the whole words before this level's
         enc = self._cipher.encryptor()
-        for start in range(0, n, _CHUNK):
-            chunk = addrs[start:start + _CHUNK]
-            full = np.zeros((len(chunk), 16), dtype=np.uint8)
-            full[:, :nbytes] = chunk
-            # input block i of each address: its first i bits, then the pad from bit i on
-            blocks = (full[:, None, :] & masks[None, :, :]) | pad_part[None, :, :]
-            cipher = np.frombuffer(enc.update(blocks.tobytes()), dtype=np.uint8).reshape(len(chunk), nbits, 16)
-            flips = np.packbits(cipher[:, :, 0] >> 7, axis=1)
-            out[start:start + len(chunk)] = chunk ^ flips
+        one = np.uint64(1)
+        for i in range(nbits):
+            w, used = divmod(i, 64)
+            if used == 0 and w:
+                same_before &= words[1:, w - 1] == words[:-1, w - 1]
+            part = words[:, w] >> np.uint64(64 - used) if used else np.zeros(n, dtype=np.uint64)
+            first = np.ones(n, dtype=bool)
+            first[1:] = ~(same_before & (part[1:] == part[:-1]))
+            heads = words[first]
+            blocks = np.empty((len(heads), 2), dtype=np.uint64)
+            for k in range(2):
+                # bits of the address before bit i, the pad's from bit i on
+                keep = min(max(i - 64 * k, 0), 64)
+                mask = np.uint64(((1 << keep) - 1) << (64 - keep)) if keep else np.uint64(0)
+                blocks[:, k] = (heads[:, k] & mask) | (pad[k] & ~mask)
+            cipher = np.frombuffer(enc.update(blocks.astype(">u8").tobytes()), dtype=np.uint8)[::16]
+            bit = (cipher >> 7).astype(np.uint64)[np.cumsum(first) - 1]
+            flips[:, w] |= bit << np.uint64(63 - used)
+        out = np.empty_like(addrs)
+        out[order] = (words ^ flips).astype(">u8").view(np.uint8).reshape(n, 16)[:, :nbits // 8]
         return out
+
+    def _compute_v4(self, keys: np.ndarray) -> np.ndarray:
+        """Anonymize distinct IPv4 addresses held in uint64 keys."""
+        rows = keys.astype(">u4").view(np.uint8).reshape(-1, 4)
+        return self._compute(rows, 32).view(">u4").ravel().astype(np.uint64)
 
     def anonymize_v4(self, vals: np.ndarray) -> np.ndarray:
         """Anonymize uint32 IPv4 addresses (duplicates allowed)."""
-        uniq, inverse = np.unique(np.asarray(vals, dtype=np.uint32), return_inverse=True)
-        keys, known = self._v4_keys, self._v4_vals
-        pos = np.searchsorted(keys, uniq)
-        hit = pos < len(keys)
-        hit[hit] = keys[pos[hit]] == uniq[hit]
-        result = np.empty_like(uniq)
-        result[hit] = known[pos[hit]]
-        miss = uniq[~hit]
-        if len(miss):
-            fresh = self._compute(miss.astype(">u4").view(np.uint8).reshape(-1, 4), 32)
-            fresh = fresh.view(">u4").ravel().astype(np.uint32)
-            result[~hit] = fresh
-            if len(keys) + len(miss) > self._cache_size:
-                keys, known = np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.uint32)  # bounded memory
-            at = np.searchsorted(keys, miss)  # miss is sorted: inserting keeps keys sorted
-            self._v4_keys, self._v4_vals = np.insert(keys, at, miss), np.insert(known, at, fresh)
-        return result[inverse.ravel()]
+        return self._v4.map(np.asarray(vals, dtype=np.uint32).astype(np.uint64)).astype(np.uint32)
 
     def anonymize_rows(self, addrs: np.ndarray) -> np.ndarray:
         """Anonymize (n, 4) or (n, 16) uint8 rows of big-endian addresses (duplicates allowed)."""

@@ -46,6 +46,7 @@ AOT = _aot is not None
 if _aot is not None:
     scan, apply, record_offsets = _aot.scan, _aot.apply, _aot.record_offsets
     map4, map6, embedded, set_embedded = _aot.map4, _aot.map6, _aot.embedded, _aot.set_embedded
+    cache_lookup, cache_insert = _aot.cache_lookup, _aot.cache_insert
 else:
-    from bridge.sanitize.remap import embedded, map4, map6, set_embedded  # noqa: F401
+    from bridge.sanitize.remap import cache_insert, cache_lookup, embedded, map4, map6, set_embedded  # noqa: F401
     from bridge.sanitize.walk import apply, record_offsets, scan  # noqa: F401

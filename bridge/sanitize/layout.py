@@ -65,7 +65,8 @@ LIST_SRC, LIST_DST, LIST_PNAT = 0, 1, 2
 M64 = (1 << 64) - 1
 
 # IPv6 addresses that embed IPv4 (slot: where the IPv4 sits)
-SLOT_LOW32, SLOT_6TO4, SLOT_TEREDO_SERVER, SLOT_TEREDO_CLIENT = 0, 1, 2, 3
+# (NAT64_48/56/64: RFC 6052 embeddings under a /48, /56 or /64 prefix, around the u octet)
+SLOT_LOW32, SLOT_6TO4, SLOT_TEREDO_SERVER, SLOT_TEREDO_CLIENT, SLOT_NAT64_48, SLOT_NAT64_56, SLOT_NAT64_64 = range(7)
 
 
 def _lists(policy: Policy):

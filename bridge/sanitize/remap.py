@@ -11,8 +11,8 @@ import numpy as np
 from numba import njit
 
 from bridge.sanitize.layout import (
-    LIST_DST, LIST_PNAT, LIST_SRC, ROLE_DST, ROLE_OTHER, ROLE_SRC, SLOT_6TO4, SLOT_LOW32, SLOT_TEREDO_CLIENT,
-    SLOT_TEREDO_SERVER,
+    LIST_DST, LIST_PNAT, LIST_SRC, ROLE_DST, ROLE_OTHER, ROLE_SRC, SLOT_6TO4, SLOT_LOW32, SLOT_NAT64_48, SLOT_NAT64_56,
+    SLOT_NAT64_64, SLOT_TEREDO_CLIENT, SLOT_TEREDO_SERVER,
 )
 
 
@@ -60,13 +60,28 @@ def map6(hi, lo, roles, rules):
         lo[i] = l
 
 
+@njit(cache=True, inline="always")
+def _nat64_local_slot(l):
+    """Which RFC 6052 embedding an address of the local-use 64:ff9b:1::/48 has (low half l):
+    under a /48, /56 or /64 prefix the IPv4 address sits around the zero u octet (bits 64-71)
+    and the suffix after it is zero; otherwise the /96 form (the low 32 bits)."""
+    if (l >> np.uint64(56)) == 0:
+        if (l & np.uint64(0xFFFFFFFFFF)) == 0:
+            return SLOT_NAT64_48
+        if (l & np.uint64(0xFFFFFFFF)) == 0:
+            return SLOT_NAT64_56
+        if (l & np.uint64(0xFFFFFF)) == 0:
+            return SLOT_NAT64_64
+    return SLOT_LOW32
+
+
 @njit(cache=True)
 def embedded(hi, lo):
     """Find IPv4 addresses embedded in IPv6: in the low 32 bits of IPv4-mapped ::ffff:0:0/96,
-    SIIT ::ffff:0:0:0/96, IPv4-compatible ::/96, NAT64 64:ff9b::/96 and the local-use
-    64:ff9b:1::/48 (its /96 prefixes), and ISATAP interface identifiers (::0:5efe:0:0/96 and
-    ::200:5efe:0:0/96 under any prefix); 6to4 2002::/16; Teredo 2001::/32 server and inverted
-    client. Returns (index, slot, value)."""
+    SIIT ::ffff:0:0:0/96, IPv4-compatible ::/96, NAT64 64:ff9b::/96, and ISATAP interface
+    identifiers (::0:5efe:0:0/96 and ::200:5efe:0:0/96 under any prefix); in the local-use NAT64
+    prefix 64:ff9b:1::/48 in any RFC 6052 form; 6to4 2002::/16; Teredo 2001::/32 server and
+    inverted client. Returns (index, slot, value)."""
     n = hi.shape[0]
     idx = np.empty(2 * n, dtype=np.int64)
     slot = np.empty(2 * n, dtype=np.int64)
@@ -76,9 +91,21 @@ def embedded(hi, lo):
         h = hi[i]
         l = lo[i]
         top = l >> np.uint64(32)
-        if (h == 0 and (top == 0xFFFF or top == 0xFFFF0000 or top == 0)) or \
-                (h == 0x0064FF9B00000000 and top == 0) or (h >> np.uint64(16)) == 0x0064FF9B0001 or \
-                (top & np.uint64(0xFDFFFFFF)) == 0x00005EFE:
+        if (h >> np.uint64(16)) == 0x0064FF9B0001:
+            s = _nat64_local_slot(l)
+            idx[k] = i
+            slot[k] = s
+            if s == SLOT_NAT64_48:
+                val[k] = ((h & np.uint64(0xFFFF)) << np.uint64(16)) | ((l >> np.uint64(40)) & np.uint64(0xFFFF))
+            elif s == SLOT_NAT64_56:
+                val[k] = ((h & np.uint64(0xFF)) << np.uint64(24)) | ((l >> np.uint64(32)) & np.uint64(0xFFFFFF))
+            elif s == SLOT_NAT64_64:
+                val[k] = (l >> np.uint64(24)) & np.uint64(0xFFFFFFFF)
+            else:
+                val[k] = l & 0xFFFFFFFF
+            k += 1
+        elif (h == 0 and (top == 0xFFFF or top == 0xFFFF0000 or top == 0)) or (h == 0x0064FF9B00000000 and top == 0) \
+                or (top & np.uint64(0xFDFFFFFF)) == 0x00005EFE:
             idx[k] = i
             slot[k] = SLOT_LOW32
             val[k] = l & 0xFFFFFFFF
@@ -113,5 +140,57 @@ def set_embedded(hi, lo, idx, slot, val):
             hi[i] = (hi[i] & np.uint64(0xFFFF00000000FFFF)) | (v << np.uint64(16))
         elif s == SLOT_TEREDO_SERVER:
             hi[i] = (hi[i] & np.uint64(0xFFFFFFFF00000000)) | v
-        else:
+        elif s == SLOT_TEREDO_CLIENT:
             lo[i] = (lo[i] & np.uint64(0xFFFFFFFF00000000)) | (~v & np.uint64(0xFFFFFFFF))
+        elif s == SLOT_NAT64_48:
+            hi[i] = (hi[i] & np.uint64(0xFFFFFFFFFFFF0000)) | (v >> np.uint64(16))
+            lo[i] = (lo[i] & np.uint64(0xFF0000FFFFFFFFFF)) | ((v & np.uint64(0xFFFF)) << np.uint64(40))
+        elif s == SLOT_NAT64_56:
+            hi[i] = (hi[i] & np.uint64(0xFFFFFFFFFFFFFF00)) | (v >> np.uint64(24))
+            lo[i] = (lo[i] & np.uint64(0xFF000000FFFFFFFF)) | ((v & np.uint64(0xFFFFFF)) << np.uint64(32))
+        else:
+            lo[i] = (lo[i] & np.uint64(0xFF00000000FFFFFF)) | (v << np.uint64(24))
+
+
+# Multiplicative hashing (Fibonacci): the top bits of key * 2^64/phi index the table.
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True)
+def cache_lookup(keys, vals, used, query, out, bits):
+    """Look up query keys in an open-addressing hash table of 2**bits slots (keys, vals, used):
+    out[i] = the value of query[i]; returns the indices of the queries not in the table."""
+    mask = (np.int64(1) << bits) - 1
+    shift = np.uint64(64 - bits)
+    miss = np.empty(query.shape[0], dtype=np.int64)
+    m = 0
+    for i in range(query.shape[0]):
+        q = query[i]
+        j = np.int64((q * _HASH_MUL) >> shift)
+        found = False
+        while used[j]:
+            if keys[j] == q:
+                out[i] = vals[j]
+                found = True
+                break
+            j = (j + 1) & mask
+        if not found:
+            miss[m] = i
+            m += 1
+    return miss[:m]
+
+
+@njit(cache=True)
+def cache_insert(keys, vals, used, new_keys, new_vals, bits):
+    """Insert distinct keys that are not in the table yet (the caller keeps it at most half
+    full, so every probe sequence ends)."""
+    mask = (np.int64(1) << bits) - 1
+    shift = np.uint64(64 - bits)
+    for i in range(new_keys.shape[0]):
+        q = new_keys[i]
+        j = np.int64((q * _HASH_MUL) >> shift)
+        while used[j]:
+            j = (j + 1) & mask
+        keys[j] = q
+        vals[j] = new_vals[i]
+        used[j] = True

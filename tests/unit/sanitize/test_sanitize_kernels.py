@@ -9,7 +9,8 @@ from bridge.sanitize import engine, kernels, policy_from_flags, remap, walk
 from bridge.sanitize.engine import Sanitizer
 
 JIT = {"scan": walk.scan, "apply": walk.apply, "record_offsets": walk.record_offsets, "map4": remap.map4,
-       "map6": remap.map6, "embedded": remap.embedded, "set_embedded": remap.set_embedded}
+       "map6": remap.map6, "embedded": remap.embedded, "set_embedded": remap.set_embedded,
+       "cache_lookup": remap.cache_lookup, "cache_insert": remap.cache_insert}
 
 
 @pytest.mark.skipif(not kernels.AOT, reason="ahead-of-time kernels not built (python -m bridge.sanitize.aot)")
