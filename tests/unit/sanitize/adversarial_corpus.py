@@ -976,7 +976,9 @@ def v6embed_nat64_local_split(env: Env) -> Blob:
     """NAT64 local-use /48 in the RFC 6052 /48 layout: the IPv4 address split around the
     u-octet, 64:ff9b:1:AABB:00CC:DD00::."""
     v4 = env.v4_value("host")
-    addr = addr6(a6("64:ff9b:1::")[:6], private_bytes(v4[:2], "v4 split"), b"\0", private_bytes(v4[2:], "v4 split"), bytes(5))
+    # the second half is host bits, which --pnat keeps by design: the 16-byte slot and the
+    # raw-form search still catch a second half left as it was under Crypto-PAn
+    addr = addr6(a6("64:ff9b:1::")[:6], private_bytes(v4[:2], "v4 split"), b"\0", v4[2:], bytes(5))
     return _udp6(addr, PUB6, 5000, 53, b"l")
 
 

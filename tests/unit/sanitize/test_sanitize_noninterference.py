@@ -180,8 +180,9 @@ class Gen:
         self.desc.append(f"v6:{form}")
         if form == "teredo":
             return addr6(b"\x20\x01\0\0", self.c.pick(PUB4, env.v4("gw")), b"\x80\0\xf5\xfe", env.v4inv(self.c.pick(*V4_NAMES)))
-        if form == "nat64_split":  # RFC 6052 /48 layout: around the u-octet
-            return addr6(ac.a6("64:ff9b:1::")[:6], ac.private_bytes(v4.data[:2], "v4 split"), b"\0", ac.private_bytes(v4.data[2:], "v4 split"),
+        if form == "nat64_split":  # RFC 6052 /48 layout: around the u-octet; the second half is
+            # host bits, which --pnat keeps by design (the 16-byte slot covers Crypto-PAn)
+            return addr6(ac.a6("64:ff9b:1::")[:6], ac.private_bytes(v4.data[:2], "v4 split"), b"\0", v4.data[2:],
                          bytes(5))
         if form == "6to4":
             return addr6(b"\x20\x02", v4, bytes(10))
