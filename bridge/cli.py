@@ -123,13 +123,17 @@ COMMANDS: dict[str, Command] = {
         F("--group", key="egress.group", help="consumer group"),
     ]),
     "analyze": Command("bridge.hops.analyze:run", "backscatter detection -> d4.backscatter + JSON lines", 7, [
-        F("--telescope", key="analyze.telescope", help="monitored prefixes CIDR[,CIDR]"),
+        F("--telescope", key="analyze.telescope",
+          help="monitored prefixes CIDR[,CIDR] of sensors that announce nothing (override)"),
         F("--topic", key="analyze.topic", help="input topic (default d4.pcap)"),
         F("--out", key="analyze.out_topic", help="event topic (default d4.backscatter)"),
         F("--profile", key="analyze.profile", help="threshold profile: default or small"),
         F("--site-telescope", key="analyze.site_telescope",
           help="per-site telescopes SITE=CIDR[;CIDR][,SITE=...] (other sites: --telescope)"),
         F("--group", key="analyze.group", help="consumer group"),
+        F("--misp-dir", key="analyze.misp_dir", help="write each final attack as MISP JSON into this directory"),
+        F("--misp-url", key="analyze.misp_url", help="push each final attack to this MISP instance"),
+        F("--misp-key-file", key="analyze.misp_key_file", help="file holding the MISP API key"),
     ]),
     "sink": Command("bridge.hops.sink:run", "topic -> rotating .cap.gz files + analyzer queue (d4-core layout)", 7, [
         F("--dir", key="sink.dir", help="output directory"),

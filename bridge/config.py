@@ -267,14 +267,24 @@ class EgressConfig:
 
 @dataclass
 class AnalyzeConfig:
-    telescope: list = opt([], "monitored prefixes CIDR[,CIDR]", cidr_list)
+    telescope: list = opt([], "monitored prefixes CIDR[,CIDR] of sensors that announce nothing", cidr_list)
     topic: str = opt("d4.pcap", "input topic")
+    records_topic: str = opt("d4.records", "topic of the sites' announcements (D4 type-2 meta headers)")
     out_topic: str = opt("d4.backscatter", "event topic")
     profile: str = opt("default", "threshold profile: default or small")
     group: str = opt("d4-bridge-analyze", "consumer group")
     site_telescope: list = opt([], "per-site telescopes SITE=CIDR[;CIDR...] (other sites use telescope)")
     snapshot_seconds: float = opt(5.0, "state snapshot period (a restart replays at most this much input)", positive)
     max_victims: int = opt(262144, "tracked (victim, protocol) vectors per partition; least recent evicted beyond", positive)
+    source_idle_seconds: float = opt(30.0, "wall-clock silence after which a sensor stops holding event time back; "
+                                           "all silent: the input ended, open attacks get final events", positive)
+    allowed_lateness_seconds: float = opt(360.0, "capture-time lag of a sensor behind the others that still joins "
+                                                 "its attacks (d4-core's 300 s rotation plus a minute)", positive)
+    update_seconds: float = opt(10.0, "an attack's update events come at most this often", positive)
+    misp_dir: str = opt("", "write each final attack as a MISP event (JSON file per attack) here")
+    misp_url: str = opt("", "push each final attack to this MISP instance (https://HOST)")
+    misp_key_file: str = opt("", "file holding the MISP API key (for misp_url)")
+    misp_updates: bool = opt(False, "MISP outputs also get the update events (the attack's MISP event is edited)")
 
 
 @dataclass

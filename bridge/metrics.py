@@ -135,11 +135,22 @@ ANALYZE_PACKETS = Counter("d4bridge_analyze_packets_total", "Packets classified"
 ANALYZE_ATTACKS_ACTIVE = Gauge("d4bridge_analyze_attacks_active", "Declared attacks not yet expired")
 ANALYZE_EVENTS = Counter("d4bridge_analyze_events_total", "Backscatter events emitted", ["status"])
 ANALYZE_EVICTIONS = Counter("d4bridge_analyze_evictions_total", "Tracked victims evicted by the state cap")
-ANALYZE_LATE = Counter("d4bridge_analyze_late_packets_total", "Packets behind the watermark (dropped)")
+ANALYZE_LATE = Counter("d4bridge_analyze_late_packets_total",
+                       "Backscatter packets that came after their attack was final (counted, not merged)")
 ANALYZE_DUPLICATES = Counter("d4bridge_analyze_duplicates_total", "Same packet seen by several sites")
 ANALYZE_OUTSIDE = Counter("d4bridge_analyze_outside_telescope_packets_total",
                           "Backscatter-class packets to addresses outside their site's telescope (ignored)")
 ANALYZE_SNAPSHOTS = Counter("d4bridge_analyze_snapshots_total", "State snapshots written to the state topic")
+ANALYZE_INPUT_ENDED = Counter("d4bridge_analyze_input_ended_total",
+                              "Times every sensor fell silent, so every open attack was made final")
+# The one metric with addresses in a label (the exception to the rule above): the victims of the
+# attacks in progress, for the hub dashboard's "current attacks" table. Victims are the public
+# hosts the hub exists to report; a series is removed at the attack's final event, and at most
+# ATTACK_SERIES_MAX exist at a time, so the label set stays bounded.
+ANALYZE_ATTACK_PPS = Gauge("d4bridge_analyze_attack_estimated_pps",
+                           "Estimated rate of each attack in progress (latest event)", ["victim", "protocol", "sites"])
+ATTACK_SERIES_MAX = 500
+ANALYZE_MISP = Counter("d4bridge_analyze_misp_total", "MISP events written or pushed", ["output", "result"])
 ANALYZE_REPLAYED = Counter("d4bridge_analyze_replayed_events_total",
                            "Events recomputed after a restart or rebalance and not emitted again (already published)")
 

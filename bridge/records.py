@@ -27,7 +27,8 @@ from bridge.assembler import PcapChunkBatch
 
 # bridge/schemas links to the top-level schemas/ in the source tree and is a copy in an installed package
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
-SCHEMA_NAMES = ("PcapBatch", "D4Record", "DeadLetter", "BackscatterEvent")
+SCHEMA_NAMES = ("PcapBatch", "D4Record", "DeadLetter", "BackscatterEvent", "AnalyzeTick")
+OLD_SCHEMA_DIR = "old"  # earlier versions (<Name>.v<N>.avsc): their records stay readable
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
@@ -71,6 +72,8 @@ class Codec:
             except (OSError, ValueError, fastavro.schema.SchemaParseException) as exc:
                 raise RecordError("bad_schema", f"{path}: {exc}") from exc
             self.add_schema(name, parsed, current=True)
+        for path in sorted((schema_dir / OLD_SCHEMA_DIR).glob("*.avsc")):
+            self.add_schema(path.name.split(".")[0], parse_schema(json.loads(path.read_text()), _write_hint=False))
         self.registry_ids = dict(registry_ids or {})
         self._by_registry_id = {v: k for k, v in self.registry_ids.items()}
 
@@ -148,6 +151,11 @@ def encode(name: str, record: dict[str, Any]) -> bytes:
 def decode(data: bytes | None, expect: str | None = None) -> dict[str, Any]:
     """Decode with the default codec."""
     return default_codec().decode(data, expect)
+
+
+def schema_of(data: bytes | None) -> str:
+    """Name of the schema a record was written with (RecordError if it is not a known record)."""
+    return default_codec()._writer_of(data)[0]
 
 
 def now_ns() -> int:

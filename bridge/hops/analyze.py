@@ -3,10 +3,14 @@
 Two stages in one process, each a consumer group, so any number of analyzer
 processes share the work and a victim's state lives in exactly one of them:
 
-1. route (group ``<group>.route`` on ``--topic``): classify each PcapBatch, keep
-   the backscatter packets and re-publish them as PcapBatch records on
-   ``<out>.packets``, one record per victim bucket, keyed so that a victim always
-   lands on the same partition (a repartition topic, as Kafka Streams does).
+1. route (group ``<group>.route`` on ``--topic`` and the records topic): classify
+   each PcapBatch, keep the backscatter packets and re-publish them as PcapBatch
+   records on ``<out>.packets``, one record per victim bucket, keyed so that a
+   victim always lands on the same partition (a repartition topic, as Kafka
+   Streams does). At least every ``tick_seconds`` it also sends every partition
+   an AnalyzeTick: its wall clock, the input partitions it reads, each sensor
+   heard since (newest capture time, capture activity) and the site
+   announcements (D4 type-2 meta headers on the records topic) read since.
    Offsets are committed once the records are acknowledged (at least once).
 2. detect (group ``<group>`` on ``<out>.packets``): one aggregator per assigned
    partition. Its state is snapshotted every ``snapshot_seconds`` (and on
@@ -15,9 +19,15 @@ processes share the work and a victim's state lives in exactly one of them:
 
 Why a repartition topic rather than state alone: d4.pcap is keyed by sensor, so
 one victim's packets arrive on many partitions; only re-keying by victim makes
-the multi-site merge correct with several analyzers. Why snapshots rather than
-a per-update changelog: a vector changes on every packet, a snapshot per few
-seconds costs one record.
+the multi-site merge correct with several analyzers. Why ticks: expiry waits for
+the slowest active sensor and estimates need each sensor's capture time, so every
+partition must hear of every sensor, packets or not; and a sensor's silence
+(wall clock) must be part of the input, or a replay would judge it differently.
+A sensor is silent when the route stage reading its input partition has heard
+nothing of it for ``source_idle_seconds``; when all are, the input has ended and
+every open attack gets its final event. Why snapshots rather than a per-update
+changelog: a vector changes on every packet, a snapshot per few seconds costs
+one record.
 
 Restart and rebalance: the new owner of a partition restores the snapshot,
 seeks to its offset and replays. The aggregator is a pure function of its input
@@ -27,6 +37,10 @@ recognised by (attack_id, status, seq) and not emitted again. Packets that the
 route stage re-publishes after a crash are exact copies from the same sensor
 with the same timestamp and are dropped by the aggregator's duplicate filter.
 The attack is neither lost nor reported twice.
+
+Outputs of every published event: the JSON line on stdout, the gauge behind the
+dashboard's current-attacks table, and (``--misp-dir`` / ``--misp-url``) the
+attack as a MISP event, for final events (and updates with ``misp_updates``).
 """
 
 from __future__ import annotations
@@ -45,18 +59,19 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from bridge import kafka, metrics, records
-from bridge.backscatter.aggregate import PROFILES, Aggregator, Stats, warm_up
+from bridge.backscatter.aggregate import PROFILES, Aggregator, DetectorConfig, Stats, activity_spans, merge_spans, warm_up
 from bridge.backscatter.classify import CLASS_NAMES, class_counts, classify, select_records
 from bridge.backscatter.telescope import Telescopes
 from bridge.config import Config
+from bridge.d4.site_meta import parse_site_announcement
 from bridge.hop import start_hop
+from bridge.misp import MispOutput
 
 log = logging.getLogger(__name__)
 
 HOP = "analyze"
 PARTITION_HEADER = "d4bridge-analyze-partition"
 CHUNK_BYTES = 900_000  # state records stay below the broker's 1 MB limit
-TICK_NS = 5 * 1_000_000_000  # event-time progress sent to idle partitions at most this often
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -106,8 +121,21 @@ class _Delivery:
             self.failed += 1
 
 
+def detector_config(cfg: Config) -> DetectorConfig:
+    """The aggregator settings of ``cfg``: the profile's thresholds with the hop's timing and bounds."""
+    acfg = cfg.analyze
+    return dataclasses.replace(PROFILES[acfg.profile], max_victims=int(acfg.max_victims),
+                               source_idle_s=acfg.source_idle_seconds, allowed_lateness_s=acfg.allowed_lateness_seconds,
+                               update_interval_s=acfg.update_seconds)
+
+
+def tick_seconds(cfg: Config) -> float:
+    """How often the route stage tells every partition what it read: a few times per source idle timeout."""
+    return min(1.0, max(0.05, cfg.analyze.source_idle_seconds / 4))
+
+
 class Router:
-    """Stage 1: every PcapBatch -> its backscatter packets, one record per victim bucket."""
+    """Stage 1: every PcapBatch -> its backscatter packets, one record per victim bucket; ticks."""
 
     def __init__(self, cfg: Config, producer: kafka.BlockingProducer, route_topic: str, partitions: int) -> None:
         self.cfg = cfg
@@ -115,47 +143,56 @@ class Router:
         self.route_topic = route_topic
         self.partitions = partitions
         self.keys = bucket_keys(partitions)
-        self.consumer = kafka.make_consumer(cfg.kafka, HOP, f"{cfg.analyze.group}.route", [cfg.analyze.topic])
+        self.gap_ns = int(detector_config(cfg).coverage_gap_s * 1e9)
+        self.tick_every = tick_seconds(cfg)
         self.counters = [metrics.ANALYZE_PACKETS.labels(name) for name in CLASS_NAMES]
-        self.ticked: dict[tuple[int, str], int] = {}  # (partition, sensor) -> event time last carried there
+        self.reading: dict[str, int] = {}  # input partition key -> wall clock when it was assigned
+        self.heard: dict[str, dict[str, Any]] = {}  # sensor -> progress since the last tick
+        self.announced: list[dict[str, Any]] = []
+        self.last_tick = 0.0
+        self.delivery = _Delivery()
+        self.consumer = kafka.make_consumer(cfg.kafka, HOP, f"{cfg.analyze.group}.route",
+                                            [cfg.analyze.topic, cfg.analyze.records_topic],
+                                            on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                            on_lost=self._on_revoke)
+
+    def _on_assign(self, _c: Consumer, parts: list[TopicPartition]) -> None:
+        now = records.now_ns()
+        for tp in parts:
+            if tp.topic == self.cfg.analyze.topic:
+                self.reading[f"{tp.topic}/{tp.partition}"] = now
+
+    def _on_revoke(self, _c: Consumer, parts: list[TopicPartition]) -> None:
+        for tp in parts:
+            self.reading.pop(f"{tp.topic}/{tp.partition}", None)
 
     def handle(self, messages: list[Message]) -> None:
-        delivery = _Delivery()
-        sent: set[tuple[int, str]] = set()
-        progress: dict[str, tuple[int, dict[str, Any]]] = {}  # sensor -> (newest packet time, a record of it)
+        """Route one poll's records, tick if due, then commit once the broker has everything."""
+        batches = []
         for msg in messages:
             try:
-                rec = records.decode(msg.value(), expect="PcapBatch")
+                kind = records.schema_of(msg.value())
+                rec = records.decode(msg.value())
             except records.RecordError as exc:
+                kind, rec = "", exc
+            if kind == "D4Record" and msg.topic() == self.cfg.analyze.records_topic:
+                self._announcement(rec)
+            elif kind == "PcapBatch" and msg.topic() == self.cfg.analyze.topic:
+                batches.append((msg, rec))
+            elif msg.topic() == self.cfg.analyze.topic:  # the records topic carries more than meta headers
+                reason, detail = (rec.reason, rec.detail) if isinstance(rec, records.RecordError) else (
+                    "wrong_schema", f"expected PcapBatch, got {kind}")
                 kafka.send_dead_letter(self.producer, records.dead_letter(
-                    HOP, exc.reason, exc.detail, source_topic=msg.topic(), source_partition=msg.partition(),
+                    HOP, reason, detail, source_topic=msg.topic(), source_partition=msg.partition(),
                     source_offset=msg.offset(), key=msg.key(), payload=msg.value()))
-                continue
-            cols = classify(rec["packets"], rec["linktype"], rec["ts_precision"] == "nsec")
-            if cols.count:
-                sensor = rec["sensor_uuid"]
-                newest = max(progress.get(sensor, (int(cols.ts_ns.max()), rec))[0], int(cols.ts_ns.max()))
-                progress[sensor] = (newest, rec)
-            for counter, n in zip(self.counters, class_counts(cols).tolist()):
-                if n:
-                    counter.inc(n)
-            rows = np.nonzero(cols.backscatter())[0]
-            if not rows.size:
-                continue
-            buckets = victim_bucket(cols.victim[rows], self.partitions)
-            for b in np.unique(buckets).tolist():
-                sel = rows[buckets == b]
-                out = dict(rec, packets=select_records(rec["packets"], cols.offsets[sel], cols.lengths[sel]).tobytes(),
-                           packet_count=int(sel.size), first_ts_ns=int(cols.ts_ns[sel].min()),
-                           last_ts_ns=int(cols.ts_ns[sel].max()),
-                           lineage={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()})
-                self.producer.produce(self.route_topic, records.encode("PcapBatch", out), key=self.keys[b],
-                                      on_delivery=delivery)
-                sent.add((b, rec["sensor_uuid"]))
-        for newest, template in progress.values():
-            self._tick(template, newest, sent, delivery)
-        if self.producer.flush(60) or delivery.failed:
-            raise RuntimeError(f"route: {delivery.failed} records to {self.route_topic} not delivered; "
+        if self.announced:
+            self.tick()  # before the packets, so their sensors' announcements are known when they arrive
+        for msg, rec in batches:
+            self._route(msg, rec)
+        self.tick_due()
+        if self.producer.flush(60) or self.delivery.failed:
+            failed, self.delivery = self.delivery.failed, _Delivery()
+            raise RuntimeError(f"route: {failed} records to {self.route_topic} not delivered; "
                                "not committing (the input is read again after a restart)")
         try:
             # Asynchronous: a lost commit only means these records are routed again, and the
@@ -165,32 +202,63 @@ class Router:
         except KafkaException as exc:
             log.warning("analyze: route commit failed (%s); records will be routed again", exc)
 
-    def _tick(self, template: dict[str, Any], newest: int, sent: set[tuple[int, str]], delivery: _Delivery) -> None:
-        """Carry a sensor's event time to partitions that got none of its packets.
+    def _announcement(self, rec: dict[str, Any]) -> None:
+        if rec["d4_type"] != 2:
+            return
+        parsed = parse_site_announcement(rec["data"])
+        if parsed is not None:
+            self.announced.append({"sensor_uuid": rec["sensor_uuid"], "site": parsed[0],
+                                   "monitored_addresses": parsed[1]})
 
-        Expiry waits for the slowest active sensor, so every partition must hear
-        of every sensor's progress, packets or not. A tick is an empty PcapBatch
-        of that sensor whose first/last time is its newest packet time; at most
-        one per partition and sensor per TICK_NS of event time.
-        """
-        sensor = template["sensor_uuid"]
-        for p in range(self.partitions):
-            last = self.ticked.get((p, sensor), np.iinfo(np.int64).min)
-            if (p, sensor) in sent:
-                self.ticked[(p, sensor)] = max(last, newest)
-            elif newest - last >= TICK_NS:
-                tick = dict(template, packets=b"", packet_count=0, first_ts_ns=newest, last_ts_ns=newest,
-                            lineage=None)
-                self.producer.produce(self.route_topic, records.encode("PcapBatch", tick), key=self.keys[p],
-                                      on_delivery=delivery)
-                self.ticked[(p, sensor)] = newest
+    def _route(self, msg: Message, rec: dict[str, Any]) -> None:
+        cols = classify(rec["packets"], rec["linktype"], rec["ts_precision"] == "nsec")
+        for counter, n in zip(self.counters, class_counts(cols).tolist()):
+            if n:
+                counter.inc(n)
+        if cols.count:
+            sensor = rec["sensor_uuid"]
+            progress = self.heard.setdefault(sensor, {"sensor_uuid": sensor, "site": rec["site"], "spans": [],
+                                                      "last_ts_ns": int(cols.ts_ns.max())})
+            progress.update(site=rec["site"], partition=f"{msg.topic()}/{msg.partition()}",
+                            last_ts_ns=max(progress["last_ts_ns"], int(cols.ts_ns.max())))
+            merge_spans(progress["spans"], activity_spans(cols.ts_ns, self.gap_ns), self.gap_ns)
+        rows = np.nonzero(cols.backscatter())[0]
+        if not rows.size:
+            return
+        buckets = victim_bucket(cols.victim[rows], self.partitions)
+        for b in np.unique(buckets).tolist():
+            sel = rows[buckets == b]
+            out = dict(rec, packets=select_records(rec["packets"], cols.offsets[sel], cols.lengths[sel]).tobytes(),
+                       packet_count=int(sel.size), first_ts_ns=int(cols.ts_ns[sel].min()),
+                       last_ts_ns=int(cols.ts_ns[sel].max()),
+                       lineage={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()})
+            self.producer.produce(self.route_topic, records.encode("PcapBatch", out), key=self.keys[b],
+                                  on_delivery=self.delivery)
+
+    def tick_due(self) -> None:
+        """Tick when ``tick_seconds`` passed: the processing clock keeps going while the input is silent."""
+        if time.monotonic() - self.last_tick >= self.tick_every:
+            self.tick()
+
+    def tick(self) -> None:
+        """Send every partition what was read since the previous tick (and that this stage is alive)."""
+        tick = {"created_ns": records.now_ns(),
+                "partitions": [{"key": k, "since_ns": v} for k, v in sorted(self.reading.items())],
+                "sensors": [dict(p, spans=[t for span in p["spans"] for t in span])
+                            for p in self.heard.values() if "partition" in p],
+                "announcements": self.announced}
+        value = records.encode("AnalyzeTick", tick)
+        for key in self.keys:
+            self.producer.produce(self.route_topic, value, key=key, on_delivery=self.delivery)
+        self.heard, self.announced = {}, []
+        self.last_tick = time.monotonic()
 
 
 class Detector:
     """Stage 2: per-partition aggregators with snapshot/restore and replay-safe emission."""
 
     def __init__(self, cfg: Config, producer: kafka.BlockingProducer, route_topic: str, state_topic: str,
-                 telescopes: Telescopes) -> None:
+                 telescopes: Telescopes, misp: MispOutput | None = None) -> None:
         acfg = cfg.analyze
         self.cfg = cfg
         self.producer = producer
@@ -198,7 +266,9 @@ class Detector:
         self.state_topic = state_topic
         self.out_topic = acfg.out_topic
         self.telescopes = telescopes
-        self.detector_config = dataclasses.replace(PROFILES[acfg.profile], max_victims=int(acfg.max_victims))
+        self.misp = misp
+        self.detector_config = detector_config(cfg)
+        self.attack_series: dict[str, tuple[str, str, str]] = {}  # attack id -> its gauge labels
         self.aggregators: dict[int, Aggregator] = {}
         self.next_offset: dict[int, int] = {}
         self.suppress: dict[int, set[tuple[str, str, int]]] = {}
@@ -365,17 +435,24 @@ class Detector:
             self.next_offset[p] = msg.offset() + 1
             self.dirty.add(p)
             try:
-                rec = records.decode(msg.value(), expect="PcapBatch")
+                kind = records.schema_of(msg.value())
+                rec = records.decode(msg.value())
             except records.RecordError as exc:  # only the route stage writes here; never stall on one record
                 log.error("analyze: %s[%d]@%d unreadable (%s), skipped", msg.topic(), p, msg.offset(), exc)
                 continue
             before = _counts(agg.stats)
-            events = agg.process(classify(rec["packets"], rec["linktype"], rec["ts_precision"] == "nsec"),
-                                 rec["site"], rec["sensor_uuid"])
-            events += agg.advance(rec["last_ts_ns"], rec["sensor_uuid"])
+            if kind == "AnalyzeTick":
+                events = agg.tick(rec["created_ns"], {g["key"]: g["since_ns"] for g in rec["partitions"]},
+                                  [(s["sensor_uuid"], s["site"], s["partition"], s["last_ts_ns"],
+                                    list(zip(s["spans"][::2], s["spans"][1::2]))) for s in rec["sensors"]],
+                                  [(a["sensor_uuid"], a["site"], a["monitored_addresses"]) for a in rec["announcements"]])
+            else:
+                events = agg.process(classify(rec["packets"], rec["linktype"], rec["ts_precision"] == "nsec"),
+                                     rec["site"], rec["sensor_uuid"], activity=False)
             after = _counts(agg.stats)
             for metric, delta in zip((metrics.ANALYZE_LATE, metrics.ANALYZE_DUPLICATES, metrics.ANALYZE_EVICTIONS,
-                                      metrics.ANALYZE_OUTSIDE), (a - b for a, b in zip(after, before))):
+                                      metrics.ANALYZE_OUTSIDE, metrics.ANALYZE_INPUT_ENDED),
+                                     (a - b for a, b in zip(after, before))):
                 if delta:
                     metric.inc(delta)
             self._emit(p, events)
@@ -407,8 +484,21 @@ class Detector:
             metrics.ANALYZE_EVENTS.labels(event["status"]).inc()
             sys.stdout.write(line)
             sys.stdout.flush()
+            self._show(event)
+            if self.misp is not None and (event["status"] == "final" or self.cfg.analyze.misp_updates):
+                self.misp.put(event)
 
         return callback
+
+    def _show(self, event: dict[str, Any]) -> None:
+        """Keep the current-attacks gauge at each attack's latest event; drop it at the final one."""
+        labels = self.attack_series.pop(event["attack_id"], None)
+        if labels is not None:
+            metrics.ANALYZE_ATTACK_PPS.remove(*labels)
+        if event["status"] != "final" and len(self.attack_series) < metrics.ATTACK_SERIES_MAX:
+            labels = (event["victim"], event["protocol"], ",".join(sorted(event["sites"])))
+            self.attack_series[event["attack_id"]] = labels
+            metrics.ANALYZE_ATTACK_PPS.labels(*labels).set(event["estimated_pps"])
 
     def close(self) -> None:
         for p, agg in sorted(self.aggregators.items()):
@@ -422,8 +512,8 @@ class Detector:
             self.reader.close()
 
 
-def _counts(stats: Stats) -> tuple[int, int, int, int]:
-    return stats.late, stats.duplicates, stats.evicted, stats.outside_telescope
+def _counts(stats: Stats) -> tuple[int, int, int, int, int]:
+    return stats.late, stats.duplicates, stats.evicted, stats.outside_telescope, stats.inputs_ended
 
 
 def _poll(consumer: Consumer, max_records: int) -> list[Message]:
@@ -450,14 +540,27 @@ def run(cfg: Config) -> int:
     if acfg.profile not in PROFILES:
         print(f"d4-bridge analyze: unknown profile {acfg.profile!r} (one of {', '.join(PROFILES)})", file=sys.stderr)
         return 2
+    misp = None
+    if acfg.misp_dir or acfg.misp_url:
+        if acfg.misp_url and not acfg.misp_key_file:
+            print("d4-bridge analyze: --misp-url needs --misp-key-file", file=sys.stderr)
+            return 2
+        try:
+            misp = MispOutput(acfg.misp_dir, acfg.misp_url, acfg.misp_key_file)
+        except (OSError, ValueError) as exc:
+            print(f"d4-bridge analyze: MISP output: {exc}", file=sys.stderr)
+            return 2
     shutdown = start_hop(cfg, HOP, warm_up)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints where a stuck hop is
+    if not telescopes.default.size and not telescopes.per_site:
+        log.info("analyze: no --telescope: only sensors that announce their monitored addresses are analyzed")
     route_topic, state_topic = f"{acfg.out_topic}.packets", f"{acfg.out_topic}.state"
     producer = kafka.make_producer(cfg.kafka, HOP)
     probe = Consumer({"bootstrap.servers": cfg.kafka.bootstrap, "group.id": f"{acfg.group}.probe"})
     try:
         # the repartition topic gets as many partitions as the input (one existing from before keeps its own)
         kafka.create_topics(cfg.kafka, _partitions(probe, acfg.topic), topics=[route_topic, acfg.out_topic])
+        kafka.create_topics(cfg.kafka, 1, topics=[acfg.records_topic])  # site announcements; usually exists
         # compacted: only the latest snapshot per key is needed to restore
         kafka.create_topics(cfg.kafka, 1, topics=[state_topic], config={"cleanup.policy": "compact"})
         partitions = _partitions(probe, route_topic)
@@ -467,12 +570,14 @@ def run(cfg: Config) -> int:
     finally:
         probe.close()
     router = Router(cfg, producer, route_topic, partitions)
-    detector = Detector(cfg, producer, route_topic, state_topic, telescopes)
+    detector = Detector(cfg, producer, route_topic, state_topic, telescopes, misp)
     try:
         while not shutdown.is_set():
             routed = _poll(router.consumer, 500)
             if routed:
                 router.handle(routed)
+            else:
+                router.tick_due()
             detected = _poll(detector.consumer, 100)
             if detected:
                 detector.handle(detected)
@@ -484,4 +589,6 @@ def run(cfg: Config) -> int:
         finally:
             router.consumer.close()
             producer.flush(30)
+            if misp is not None:
+                misp.close()
     return 0

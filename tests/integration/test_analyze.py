@@ -127,7 +127,9 @@ class Hub:
         path = self.tmp / f"{name}.toml"
         path.write_text(f"[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 500\n"
                         f"statistics_interval_ms = 0\nlinger_ms = 5\n"
-                        f"[analyze]\nsnapshot_seconds = {snapshot_seconds}\n")
+                        f"[analyze]\nsnapshot_seconds = {snapshot_seconds}\n"
+                        # pauses between the phases stay shorter than this; then silence ends the input
+                        f"source_idle_seconds = 8\nupdate_seconds = 1\n")
         return Analyzer(self.tmp, name, [
             "--config", str(path), "--bootstrap", self.kcfg.bootstrap, "--telescope", ",".join(self.prefixes),
             "--site-telescope", ",".join(f"{s}={';'.join(p)}" for s, p in SITES.items()),
