@@ -58,29 +58,26 @@ def _in_scope6(hi: np.ndarray, lo: np.ndarray, cidr: Cidr) -> np.ndarray:
 
 def _eui64_rows(lo: np.ndarray) -> np.ndarray:
     """Which low halves of IPv6 addresses are modified EUI-64 interface identifiers (RFC 4291
-    appendix A: the MAC with ff:fe in the middle)."""
+    appendix A: the MAC with ff:fe in the middle, the universal/local bit inverted)."""
     return ((lo >> np.uint64(24)) & np.uint64(0xFFFF)) == np.uint64(0xFFFE)
 
 
+_UL_BIT = np.uint64(0x020000)  # the universal/local bit within a MAC's top 24 bits
+
+
 def _iid_macs(lo: np.ndarray) -> np.ndarray:
-    """The MACs (n, 6) inside EUI-64 interface identifiers (U/L bit inverted back)."""
-    b = lo.astype(">u8").view(np.uint8).reshape(-1, 8)
-    macs = np.concatenate((b[:, 0:3], b[:, 5:8]), axis=1)
-    macs[:, 0] ^= 0x02
-    return macs
+    """The MACs (48-bit integers) inside EUI-64 interface identifiers."""
+    return (((lo >> np.uint64(40)) ^ _UL_BIT) << np.uint64(24)) | (lo & np.uint64(0xFFFFFF))
 
 
 def _macs_iid(macs: np.ndarray) -> np.ndarray:
-    """EUI-64 interface identifiers (uint64) of MACs (n, 6)."""
-    b = np.empty((len(macs), 8), dtype=np.uint8)
-    b[:, 0:3], b[:, 5:8] = macs[:, 0:3], macs[:, 3:6]
-    b[:, 0] ^= 0x02
-    b[:, 3], b[:, 4] = 0xFF, 0xFE
-    return b.view(">u8").ravel().astype(np.uint64)
+    """EUI-64 interface identifiers of MACs (48-bit integers)."""
+    return ((((macs >> np.uint64(24)) ^ _UL_BIT) << np.uint64(40)) | np.uint64(0xFFFE << 24)
+            | (macs & np.uint64(0xFFFFFF)))
 
 
 class MacMapper:
-    """Maps batches of 6-byte MAC rows: zero, or a keyed hash stable per key."""
+    """Maps batches of MACs (48-bit integers): zero, or a keyed hash stable per key."""
 
     _KEEP = (bytes(6), b"\xff" * 6)  # carry no identity; keep so broadcast stays broadcast
 
@@ -102,14 +99,11 @@ class MacMapper:
         return np.array([int.from_bytes(self._hash(k.to_bytes(6, "big")), "big") for k in keys.tolist()],
                         dtype=np.uint64)
 
-    def map_rows(self, rows: np.ndarray) -> np.ndarray:
-        """New MACs for (n, 6) uint8 rows (the mode must not be keep)."""
-        if self.mode == "zero" or len(rows) == 0:
-            return np.zeros_like(rows)
-        wide = np.zeros((len(rows), 8), dtype=np.uint8)
-        wide[:, 2:] = rows
-        mapped = self._cache.map(wide.view(">u8").ravel())
-        return np.ascontiguousarray(mapped.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 2:])
+    def map(self, macs: np.ndarray) -> np.ndarray:
+        """New MACs for MACs given as 48-bit integers (uint64); the mode must not be keep."""
+        if self.mode == "zero":
+            return np.zeros(len(macs), dtype=np.uint64)
+        return self._cache.map(macs)
 
 
 class AddressMapper:
@@ -140,6 +134,8 @@ class AddressMapper:
         """New values for uint32 IPv4 addresses; roles are layout.ROLE_*."""
         if self._cpan is None:
             return kernels.map4(vals, roles, self._rules4)
+        if self._scope4 is None:
+            return self._cpan.anonymize_v4(vals)
         out = vals.copy()
         hit = np.ones(len(out), dtype=bool)
         if self._scope4 is not None:
@@ -160,7 +156,7 @@ class AddressMapper:
         if self._macs.mode != "keep":
             eui = _eui64_rows(lo)
             if eui.any():
-                lo[eui] = _macs_iid(self._macs.map_rows(_iid_macs(lo[eui])))
+                lo[eui] = _macs_iid(self._macs.map(_iid_macs(lo[eui])))
 
     def map_v6(self, hi: np.ndarray, lo: np.ndarray, roles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """New (hi, lo) halves for IPv6 addresses."""
@@ -241,7 +237,7 @@ class Sanitizer:
         while True:
             v4 = self._table("v4", cap, 5, np.int64)
             v6 = self._table("v6", cap, 5, np.int64)
-            mac = self._table("mac", cap, 3, np.int64)
+            mac = self._table("mac", cap, 4, np.int64)
             cs = self._table("cs", cap, layout.CS_COLS, np.int64)
             blank = self._table("blank", cap, 4, np.int64)
             n = np.array([0, 0, 0, 0, 0, 0, -1, 0, 0], dtype=np.int64)
@@ -267,10 +263,7 @@ class Sanitizer:
         new4 += (enc == layout.ENC_PLUS1).astype(np.uint32)
         hi, lo = self._addr.map_v6(v6[:, 3].astype(np.uint64), v6[:, 4].astype(np.uint64), v6[:, 2])
         new6 = np.stack((hi, lo), axis=1)
-        if self.policy.mac_mode == "hash" and nmac:
-            newmac = self._mac.map_rows(buf[mac[:, 0, None] + np.arange(6)])
-        else:
-            newmac = np.zeros((nmac, 6), np.uint8)
+        newmac = self._mac.map(mac[:, 3].astype(np.uint64)) if nmac else np.zeros(0, dtype=np.uint64)
         size = kernels.apply(buf, recs, newcap, v4, new4, v6, new6, mac, newmac, cs, blank, nv4, nv6, nmac, ncs, nblank,
                              int(n[7]) + 1, verdict, reason, payload_at)
 

@@ -53,7 +53,8 @@ ENC_PLAIN, ENC_INVERTED, ENC_PLUS1 = 0, 1, 2
 # column layout of the site tables
 # v4: off, pkt, role, encoding (ENC_*), value (the address: big-endian uint32, decoded)
 # v6: off, pkt, role, high 64 bits, low 64 bits (bit patterns)
-# mac: off, pkt, covered (by a checksum: inside an IP packet)   blank: off, length, pkt, fill byte
+# mac: off, pkt, covered (by a checksum: inside an IP packet), value (48-bit integer)
+# blank: off, length, pkt, fill byte
 # cs: pkt, field, start, end, ps_src, ps_dst, ps_len, udp
 CS_COLS = 8
 

@@ -112,6 +112,7 @@ def _add_mac(mac, n, off, pkt, covered):
     mac[k, 0] = off
     mac[k, 1] = pkt
     mac[k, 2] = covered
+    mac[k, 3] = 0
     n[2] = k + 1
 
 
@@ -938,7 +939,7 @@ def scan(buf, linktype, mac_on, seq_rules, payload_keep, cut_unparseable, recs, 
                 blank[k, 1] = min(blank[j, 1], at - blank[j, 0])
                 k += 1
         n[8] = k
-    # values of the IPv4 sites (decoded), for the vectorized mapping
+    # values of the sites (IPv4 decoded, MACs as 48-bit integers), for the vectorized mapping
     for k in range(n[0]):
         val = _u32(buf, v4[k, 0])
         enc = v4[k, 3]
@@ -954,6 +955,12 @@ def scan(buf, linktype, mac_on, seq_rules, payload_keep, cut_unparseable, recs, 
             for b in range(8):
                 val = (val << 8) | np.int64(buf[off + 8 * half + b])
             v6[k, 3 + half] = val
+    for k in range(n[2]):
+        off = mac[k, 0]
+        val = np.int64(0)
+        for b in range(6):
+            val = (val << 8) | np.int64(buf[off + b])
+        mac[k, 3] = val
 
 
 @njit(cache=True, inline="always")
@@ -1148,9 +1155,12 @@ def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, blank, nv
         # sites of this packet (tables are in packet order)
         while a4 < nv4 and v4[a4, 1] == i:
             off = v4[a4, 0]
+            val = v4_new[a4]
+            if _u32(buf, off) == val:  # an address the policy leaves alone
+                a4 += 1
+                continue
             for b in range(4):
                 old[b] = buf[off + b]
-            val = v4_new[a4]
             buf[off] = (val >> 24) & 0xFF
             buf[off + 1] = (val >> 16) & 0xFF
             buf[off + 2] = (val >> 8) & 0xFF
@@ -1168,9 +1178,10 @@ def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, blank, nv
             a6 += 1
         while am < nmac and mac[am, 1] == i:
             off = mac[am, 0]
+            val = mac_new[am]
             for b in range(6):
                 old[b] = buf[off + b]
-                buf[off + b] = mac_new[am, b]
+                buf[off + b] = (val >> np.uint64(40 - 8 * b)) & np.uint64(0xFF)
             if mac[am, 2]:  # no checksum covers a link-layer header: nothing to patch
                 nch = _record_change(buf, d, off, 6, ch, nch, old)
             am += 1
