@@ -7,24 +7,27 @@ cannot hide its own leaks.
 **Private values** are learned from the ORIGINAL capture:
 
 * every address inside the ``private`` prefixes that dpkt (plus small decoders for what dpkt
-  leaves alone: ICMP quotes, ND and DHCP options, tunnels, IPv4 embedded in IPv6) or the layout
-  decoder finds, and every 4-byte or 16-byte window inside a private prefix in the bytes that
-  are not fixed header fields (options, payloads, trailers, undecoded bytes), plus addresses
-  written as text or as DNS reverse names anywhere;
+  leaves alone: ICMP quotes, ND, DHCP, tunnels, IPv4 embedded in IPv6) finds, and every 4-byte
+  or 16-byte window inside a private prefix wherever an address can sit (address fields,
+  options, payloads, trailers, undecoded bytes: anything but fixed header fields, whose
+  counters and checksums would spell addresses by chance), plus addresses written as text or as
+  DNS reverse names anywhere;
 * every unicast MAC address (Ethernet, SLL/SLL2, ARP, ND options, DHCP), the MACs given by the
   caller, and the MACs inside EUI-64 interface identifiers of private IPv6 addresses.
 
-**Every form** of every private value is then searched in every byte of the SANITIZED capture
-(see FORMS), and a capture cut that ends inside a copy of one of a packet's own private values
-is reported as ``partial``.
+**Every form** of every private value is then looked for in every byte of the SANITIZED capture
+(see FORMS): binary forms with vectorized scans, text forms by parsing what reads as an
+address. A record cut inside a copy of a private value is a ``partial`` leak: a copy of one of
+its own values (2 bytes or more), an address field the original's cut already ended in, or any
+value's bytes (3+), text (6+ characters) or reverse name (4+) that the sanitizer kept from the
+original outside fixed header fields.
 
 One rule keeps the oracle usable on real captures: with tens of thousands of private IPv4
 addresses, 4-byte counters and checksums spell one of them (or its inverse, or it plus one)
-every few thousand packets. So a 4-byte IPv4 form of an address of *another* packet counts as
-a leak only where an address can sit (an IPv4 address field, an IPv4-embedding position of an
-IPv6 address field, or inside bytes without a fixed meaning: options, payloads, trailers); across
-or inside fixed header fields (ports, sequence numbers, IDs, checksums) it is counted as a
-coincidence, never hidden. A packet's own addresses, and every longer form, are leaks anywhere.
+every few thousand packets. So a binary IPv4 form of an address of *another* packet counts as
+a leak only where an address can sit (as above); across or inside fixed header fields (ports,
+sequence numbers, IDs, checksums) it is counted as a coincidence and reported as such. A
+packet's own addresses, and every longer form, are leaks anywhere.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ FORMS = {
     "inverted": "IPv4 bits inverted (Teredo client)",
     "plus1": "IPv4 + 1 (a TCP ack answering a sequence number that held the address)",
     "nat64": "IPv4 split around the u octet of a /40, /48 or /56 NAT64 prefix (RFC 6052)",
-    "text": "dotted quad, IPv6 text (compressed, exploded, unpadded), any case",
+    "text": "dotted or dashed quad, IPv6 text (any valid spelling), any case",
     "text6": "IPv4 as the two hex groups of an IPv6 text (::ffff:a01:203, 2002:a01:203::)",
     "ptr": "DNS reverse-name labels in wire form (in-addr.arpa octets, ip6.arpa nibbles)",
     "ptr-text": "DNS reverse name as dotted text",
@@ -65,7 +68,7 @@ FORMS = {
     "eui64": "a MAC as an EUI-64 interface identifier",
     "mac-text": "MAC as text (aa:bb.., aa-bb.., aabb.ccdd.eeff, aabbccddeeff), any case",
     "eui64-text": "EUI-64 interface identifier as IPv6 hex groups",
-    "partial": "the capture cut inside a copy of one of the packet's own private values",
+    "partial": "a record cut inside a copy of a private value (its bytes, text or reverse name)",
 }
 
 
@@ -563,7 +566,8 @@ class _Layout:
         self.add(4, FIXED, p + "icmp", end)
         if t in (0, 8, 13, 14, 15, 16, 17, 18):
             self.add(4, FIXED, p + "icmp.id_seq", end)
-        elif t in _ICMP_ERRORS:
+            return  # the data that follows is the payload
+        if t in _ICMP_ERRORS:
             self.add(4, ADDR if t == 5 else OPAQUE, p + ("icmp.gateway" if t == 5 else "icmp.rest"), end)
             if depth < _MAX_DEPTH:
                 self.ip(end, p + "quote.", depth + 1)
@@ -580,7 +584,8 @@ class _Layout:
         self.add(4, FIXED, p + "icmp6", end)
         if t in (128, 129):
             self.add(4, FIXED, p + "icmp6.id_seq", end)
-        elif t in _ICMP6_ERRORS:
+            return  # the data that follows is the payload
+        if t in _ICMP6_ERRORS:
             self.add(4, FIXED if t in (2, 4) else OPAQUE, p + "icmp6.rest", end)
             if depth < _MAX_DEPTH:
                 self.ip(end, p + "quote.", depth + 1)
@@ -705,6 +710,21 @@ def layout(linktype: int, data: bytes) -> list[Region]:
 
 def _region_at(regions: list[Region], starts: list[int], pos: int) -> Region:
     return regions[bisect.bisect_right(starts, pos) - 1]
+
+
+_EMBEDDED_AT = {4: (2, 4, 9, 12), 5: (5, 6, 7)}  # where an IPv6 address embeds IPv4 (RFC 3056, 4380, 6052, ...)
+
+
+def _may_hold_address(region: Region, rel: int, width: int) -> bool:
+    """Whether an address of ``width`` bytes (an IPv4 split by a NAT64 u octet: 5) can sit at
+    ``rel``: in free-form bytes, as the whole of an address field, or at an IPv4-embedding
+    position of an IPv6 address field; never across fields, never in fixed ones."""
+    start, end, kind, _name = region
+    if rel + width > end:
+        return False
+    if kind == OPAQUE:
+        return True
+    return kind == ADDR and (end - start == width or end - start == 16 and rel - start in _EMBEDDED_AT.get(width, ()))
 
 
 # --- checksums -----------------------------------------------------------------------------
@@ -897,13 +917,14 @@ def _anchored(pattern: re.Pattern[bytes], blob: bytes, anchors: Iterable[int], b
         yield from pattern.finditer(blob, lo, hi)
 
 
-_V4_TEXT = re.compile(rb"(?:\d{1,3}\.){3}\d{1,3}")
+_V4_TEXT = {b".": re.compile(rb"(?:\d{1,3}\.){3}\d{1,3}"), b"-": re.compile(rb"(?:\d{1,3}-){3}\d{1,3}")}
 _V6_ANCHOR = re.compile(rb":[0-9a-f]{0,4}:")
 _V6_TEXT = re.compile(rb"(?:[0-9a-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9a-f]{1,4})?")
 _PTR = (  # (form, family width, anchor, name): reverse names as text and in DNS wire form
     ("ptr-text", 4, re.compile(rb"in-addr\.arpa"), re.compile(rb"((?:\d{1,3}\.){1,4})in-addr\.arpa")),
     ("ptr-text", 16, re.compile(rb"ip6\.arpa"), re.compile(rb"((?:[0-9a-f]\.){1,32})ip6\.arpa")),
-    ("ptr", 4, re.compile(rb"\x07in-addr\x04arpa"), re.compile(rb"((?:[\x01-\x03][0-9]{1,3}){1,4})\x07in-addr\x04arpa")),
+    ("ptr", 4, re.compile(rb"\x07in-addr\x04arpa"),
+     re.compile(rb"((?:[\x01-\x03][0-9]{1,3}){1,4})\x07in-addr\x04arpa")),
     ("ptr", 16, re.compile(rb"\x03ip6\x04arpa"), re.compile(rb"((?:\x01[0-9a-f]){1,32})\x03ip6\x04arpa")),
 )
 
@@ -922,8 +943,8 @@ def _readings(text: bytes, sep: bytes, parse: Callable[[bytes], T | None], every
                 return
 
 
-def _dotted(text: bytes) -> bytes | None:
-    octets = text.split(b".")
+def _quad(text: bytes, sep: bytes) -> bytes | None:
+    octets = text.split(sep)
     return bytes(int(o) for o in octets) if all(int(o) < 256 for o in octets) else None
 
 
@@ -955,16 +976,17 @@ def _ptr_address(form: str, width: int, labels: bytes) -> tuple[bytes, int] | No
 
 
 def _text_addresses(blob: bytes, wire: bool, every: bool) -> list[TextAddress]:
-    """Addresses written in a lower-cased ``blob`` as text (dotted quad, IPv6) or as reverse names
+    """Addresses written in a lower-cased ``blob`` as text (dotted or dashed quad, IPv6) or as reverse names
     (as text and, when ``wire``, in DNS wire form); reverse zones give fewer prefix bits. With
     ``every``, also the shorter readings of a text that parses (see _readings)."""
     out: list[TextAddress] = []
     a = np.frombuffer(blob, np.uint8)
     digit = (a >= 0x30) & (a <= 0x39)
-    dots = np.flatnonzero((a[1:-1] == 0x2E) & digit[:-2] & digit[2:]) + 1 if len(a) > 2 else []
-    for m in _anchored(_V4_TEXT, blob, dots, 12, 16):
-        for shift, address in _readings(m.group(), b".", _dotted, every):
-            out.append((m.start() + shift, m.end(), "text", address, 32))
+    for sep, pattern in _V4_TEXT.items():
+        seps = np.flatnonzero((a[1:-1] == sep[0]) & digit[:-2] & digit[2:]) + 1 if len(a) > 2 else []
+        for m in _anchored(pattern, blob, seps, 12, 16):
+            for shift, address in _readings(m.group(), sep, lambda t: _quad(t, sep), every):
+                out.append((m.start() + shift, m.end(), "text", address, 32))
     for m in _anchored(_V6_TEXT, blob, (m.start() for m in _V6_ANCHOR.finditer(blob)), 40, 48):
         for shift, address in _readings(m.group(), b":", _ipv6_text, every):
             out.append((m.start() + shift, m.end(), "text", address, 128))
@@ -984,8 +1006,8 @@ def _text_addresses(blob: bytes, wire: bool, every: bool) -> list[TextAddress]:
 # --- the forms of the private values, and the search for them ------------------------------
 
 # forms a fixed byte pattern can find, in the order that names a match when it is several
-_PATTERN_FORMS = ("raw", "inverted", "plus1", "nat64", "prefix", "eui64", "ptr", "ptr-prefix", "prefix-text",
-                  "mac-text", "eui64-text")
+_PATTERN_FORMS = ("raw", "inverted", "plus1", "nat64", "prefix", "eui64", "ptr", "ptr-text", "ptr-prefix",
+                  "prefix-text", "mac-text", "eui64-text")
 _F = {name: i for i, name in enumerate(_PATTERN_FORMS)}
 _CHANCE = (_F["raw"], _F["inverted"], _F["plus1"], _F["nat64"])  # forms of an IPv4 value that counters can spell
 
@@ -1096,12 +1118,14 @@ def _forms(values: set[bytes], macs: set[bytes], nets: _Nets) -> _Forms:
         raw.keys(4, x ^ np.uint64(0xFFFFFFFF), _F["inverted"], ids)
         raw.keys(4, (x + np.uint64(1)) & np.uint64(0xFFFFFFFF), _F["plus1"], ids)
         for low in (8, 16, 24):  # NAT64 /40, /48, /56: a zero u octet before the last low/8 bytes
-            raw.keys(5, ((x >> np.uint64(low)) << np.uint64(low + 8)) | (x & np.uint64((1 << low) - 1)), _F["nat64"], ids)
+            split = ((x >> np.uint64(low)) << np.uint64(low + 8)) | (x & np.uint64((1 << low) - 1))
+            raw.keys(5, split, _F["nat64"], ids)
     for i, v in enumerate(v4):
         text.pattern(_ptr_labels(str(b) for b in reversed(v)), _F["ptr"], i)
     for i, v in enumerate(v6, len(v4)):
         raw.pattern(v, _F["raw"], i)
         text.pattern(_ptr_labels(v.hex()[::-1]), _F["ptr"], i)
+        text.pattern(".".join(v.hex()[::-1]).encode(), _F["ptr-text"], i)  # also where ip6.arpa is elsewhere
     for i, m in enumerate(mac_list, len(v4) + len(v6)):
         raw.pattern(m, _F["raw"], i)
         raw.pattern(_eui64(m), _F["eui64"], i)
@@ -1116,7 +1140,7 @@ def _forms(values: set[bytes], macs: set[bytes], nets: _Nets) -> _Forms:
         if n.version == 6 and n.prefixlen >= 32:
             raw.pattern(packed[:n.prefixlen // 8], _F["prefix"], i)
             groups = struct.unpack("!8H", packed)[:n.prefixlen // 16]
-            texts = {":".join(f"{g:x}" for g in groups) + ":", ":".join(f"{g:04x}" for g in groups) + ":"}
+            texts = {":".join(f"{g:x}" for g in groups) + ":", ":".join(f"{g:04x}" for g in groups)}
             kept = len(groups)
             while kept and not groups[kept - 1]:
                 kept -= 1
@@ -1127,7 +1151,7 @@ def _forms(values: set[bytes], macs: set[bytes], nets: _Nets) -> _Forms:
             text.pattern(_ptr_labels(packed.hex()[:n.prefixlen // 4][::-1]), _F["ptr-prefix"], i)
         elif n.version == 4 and n.prefixlen >= 16:
             octets = (str(b) for b in reversed(packed[:n.prefixlen // 8]))
-            text.pattern(_ptr_labels(octets) + b"\x07in-addr\x04arpa", _F["ptr-prefix"], i)
+            text.pattern(_ptr_labels(octets) + b"\x07in-addr", _F["ptr-prefix"], i)
     return forms
 
 # --- the report -------------------------------------------------------------------------------
@@ -1195,7 +1219,8 @@ class LeakReport:
             out.append(f"undecoded by dpkt: {self.undecoded_orig} original packets (layout decoder and raw scans "
                        "still ran)")
         bad = self.new_checksum_errors
-        out.append("checksums: " + (", ".join(f"{k} {n}" for k, n in sorted(bad.items())) + " bad (new)" if bad else "ok"))
+        out.append("checksums: " + (", ".join(f"{k} {n}" for k, n in sorted(bad.items())) + " bad (new)"
+                                    if bad else "ok"))
         return out
 
 
@@ -1212,6 +1237,7 @@ class _Learned:
     macs: set[bytes] = field(default_factory=set)
     own: dict[Key, set[bytes]] = field(default_factory=dict)    # each packet's own addresses and MACs
     heads: dict[Key, set[bytes]] = field(default_factory=dict)  # leading bytes of an address field a cut ends in
+    packets: dict[Key, bytes] = field(default_factory=dict)     # the original packets
 
 
 def _packet_of(offsets: np.ndarray, size: int, pos: np.ndarray, width: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1222,6 +1248,28 @@ def _packet_of(offsets: np.ndarray, size: int, pos: np.ndarray, width: np.ndarra
     end = np.append(offsets[1:], size)[pkt]
     inside = (pos >= start) & (pos + width <= end)
     return np.where(inside, pkt, -1), pos - start
+
+
+def _layout_learn(linktype: int, data: bytes, windows: list[tuple[int, int]],
+                  nets: _Nets) -> tuple[set[bytes], set[bytes]]:
+    """What the layout decoder adds to dpkt's findings in one original packet: the prefix
+    windows (start, width) that sit where an address can, the MACs of its address fields (dpkt
+    may have failed), and the leading bytes of an address field the capture cut."""
+    regions = layout(linktype, data)
+    starts = [r[0] for r in regions]
+    values = {data[rel:rel + width] for rel, width in windows
+              if _may_hold_address(_region_at(regions, starts, rel), rel, width)}
+    heads: set[bytes] = set()
+    for start, end, kind, _name in regions:
+        value = data[start:end]
+        if kind != ADDR:
+            continue
+        if end > len(data):
+            if len(value) >= 2 and (nets.could_start(value, end - start) or end - start == 6 and not value[0] & 1):
+                heads.add(value)
+        elif _host_mac(value):
+            values.add(value)
+    return values, heads
 
 
 def _learn(linktype: int, nsec: bool, records: bytes, nets: _Nets, report: LeakReport) -> _Learned:
@@ -1239,33 +1287,20 @@ def _learn(linktype: int, nsec: bool, records: bytes, nets: _Nets, report: LeakR
         data = bytes(view)
         report.checksum_errors_orig.update(checksum_errors(linktype, data, origlen))
         collector = _Collector()
-        if not collector.frame(linktype, data):
+        decoded = collector.frame(linktype, data)
+        if not decoded:
             report.undecoded_orig += 1
         mine = {raw for _w, raw in collector.found if nets.contains(raw)}
         mine.update(m for m in collector.macs if _host_mac(m))
-        regions = layout(linktype, data)
-        for start, end, kind, _name in regions:
-            if kind != ADDR:
-                continue
-            value = data[start:end]
-            if end > len(data):
-                width = end - start
-                if len(value) >= 2 and (nets.could_start(value, width) or width == 6 and not value[0] & 1):
-                    learned.heads.setdefault((ts, origlen), set()).add(value)
-            elif len(value) == 6:
-                if _host_mac(value):
-                    mine.add(value)
-            elif nets.contains(value):
-                mine.add(value)
-            if len(value) == 16:
-                mine.update(v4 for v4 in _embedded_v4(value) if nets.contains(v4))
-        if bounds[i] < bounds[i + 1]:
-            starts = [r[0] for r in regions]
-            for j in range(bounds[i], bounds[i + 1]):
-                _start, end, kind, _name = _region_at(regions, starts, rel_l[j])
-                if kind == OPAQUE and rel_l[j] + wlen_l[j] <= end:
-                    mine.add(data[rel_l[j]:rel_l[j] + wlen_l[j]])
+        unexplained = [(rel_l[j], wlen_l[j]) for j in range(bounds[i], bounds[i + 1])
+                       if data[rel_l[j]:rel_l[j] + wlen_l[j]] not in mine]
+        if unexplained or not decoded or len(data) < origlen:
+            values, heads = _layout_learn(linktype, data, unexplained, nets)
+            mine |= values
+            if heads:
+                learned.heads[(ts, origlen)] = heads
         learned.own.setdefault((ts, origlen), set()).update(mine)
+        learned.packets[(ts, origlen)] = data
         learned.values.update(v for v in mine if len(v) != 6)
         learned.macs.update(v for v in mine if len(v) == 6)
     for _s, _e, _form, address, bits in _text_addresses(records.lower(), wire=True, every=False):
@@ -1275,23 +1310,51 @@ def _learn(linktype: int, nsec: bool, records: bytes, nets: _Nets, report: LeakR
     return learned
 
 
-_EMBEDDED_AT = {4: (2, 4, 9, 12), 5: (5, 6, 7)}  # where an IPv6 address embeds IPv4 (RFC 3056, 4380, 6052, ...)
-
-
-def _may_hold_address(region: Region, rel: int, width: int) -> bool:
-    """Whether an IPv4 address (4 bytes, or 5 when split by a NAT64 u octet) can sit at ``rel``:
-    in free-form bytes, on an IPv4 address field, or at an IPv4-embedding position of an IPv6
-    address field; never across fields."""
-    start, end, kind, _name = region
-    if rel + width > end:
-        return False
-    if kind == OPAQUE:
-        return True
-    return kind == ADDR and (end - start == width == 4 or end - start == 16 and rel - start in _EMBEDDED_AT[width])
 
 
 _PARTIAL_MAX = {4: 3, 16: 15, 6: 5}  # longest proper head of a value a cut can leave
 _PARTIAL_MIN = {4: 2, 16: 2, 6: 3}   # a MAC's first 2 bytes are too common to mean anything
+
+
+class _Spellings:
+    """Every private value spelled out (bytes; text, reverse names and MAC text lower-cased),
+    sorted, to tell whether the bytes a cut record ends with begin one of them. Each spelling
+    carries the shortest head that counts: a few characters say little (and are common)."""
+
+    def __init__(self, values: set[bytes], macs: set[bytes]) -> None:
+        binary: list[tuple[bytes, str, int]] = [(v, _text(v), 3) for v in (*values, *macs)]
+        text: list[tuple[bytes, str, int]] = []
+        for v in values:
+            t = _text(v)
+            if len(v) == 4:
+                octets = t.split(".")
+                spelled = [t, "-".join(octets), ".".join(reversed(octets)) + ".in-addr.arpa"]
+                wire = _ptr_labels(reversed(octets)) + b"\x07in-addr\x04arpa"
+            else:
+                a, nibbles = ipaddress.IPv6Address(v), v.hex()[::-1]
+                spelled = [a.compressed, a.exploded, ".".join(nibbles) + ".ip6.arpa"]
+                wire = _ptr_labels(nibbles) + b"\x03ip6\x04arpa"
+            text += [(w.encode(), t, 6) for w in spelled] + [(wire, t, 4)]
+        for m in macs:
+            t = m.hex(":")
+            text += [(t.encode(), t, 8), (t.replace(":", "-").encode(), t, 8)]
+        self.lists = [(sorted(binary), False), (sorted(text), True)]
+        self.keys = [[e[0] for e in entries] for entries, _lower in self.lists]
+
+    def begun(self, tail: bytes) -> str | None:
+        """The private value some spelling of which ``tail`` begins (without being all of it)."""
+        for (entries, lower), keys in zip(self.lists, self.keys):
+            probe = tail.lower() if lower else tail
+            i = bisect.bisect_left(keys, probe)
+            while i < len(keys) and keys[i].startswith(probe):
+                spelling, label, shortest = entries[i]
+                if len(probe) >= shortest and len(spelling) > len(probe):
+                    return label
+                i += 1
+        return None
+
+
+_LONGEST_SPELLING = 80  # a reverse IPv6 name in wire form, with its suffix
 
 
 class _Sanitized:
@@ -1366,10 +1429,14 @@ class _Sanitized:
                         self.found(k, r, end - start, "text6", _text(v4))
 
     def partials(self) -> None:
-        """Records cut inside a copy of one of the packet's own private values."""
+        """Records cut inside a copy of a private value: of one of the packet's own values
+        (anywhere), of an address field the original's cut already ended in, or of any private
+        value's spelling where the sanitizer kept the original's bytes outside fixed fields."""
+        spellings: _Spellings | None = None
         for k, (data, key) in enumerate(zip(self.packets, self.keys)):
             if len(data) >= key[1]:
                 continue  # captured whole: no cut
+            before = len(self.report.leaks)
             for value in self.learned.own.get(key, ()):
                 top = min(_PARTIAL_MAX.get(len(value), 0), len(data))
                 for m in range(top, _PARTIAL_MIN.get(len(value), 2) - 1, -1):
@@ -1379,6 +1446,22 @@ class _Sanitized:
             for head in self.learned.heads.get(key, ()):
                 if data.endswith(head):
                     self.found(k, len(data) - len(head), len(head), "partial", head.hex() + "...")
+            orig = self.learned.packets.get(key, b"")
+            n = len(data)
+            if len(self.report.leaks) > before or len(orig) < n or n < 3:
+                continue
+            start, _end, kind, _name = self.region(k, n - 1)
+            kept = 0
+            while kept < min(n - start, _LONGEST_SPELLING) and data[n - 1 - kept] == orig[n - 1 - kept]:
+                kept += 1
+            if kind == FIXED or kept < 3:
+                continue
+            spellings = spellings or _Spellings(self.learned.values, self.learned.macs)
+            for m in range(kept, 2, -1):
+                label = spellings.begun(data[n - m:])
+                if label:
+                    self.found(k, n - m, m, "partial", label)
+                    break
 
     def finish(self) -> None:
         """Sort the findings; drop one overlapping an earlier one of the same packet (an IPv6 prefix

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sanitize_corpus import MAC_A, MAC_B, a4, a6, eth, eth6, ip4_udp, ip6_icmp6, ip6_udp, ipv4, ipv6, nd_opt, tcp, udp
+from sanitize_corpus import MAC_A, MAC_B, a4, a6, eth, eth6, ip6_icmp6, ip6_udp, ipv4, ipv6, nd_opt, tcp, udp
 
 from bridge.pcap import PcapHeader, pack_record, write_pcap
 from bridge.sanitize.leakcheck import FORMS, addresses, layout, leakcheck
@@ -71,6 +71,7 @@ PAYLOAD_FORMS = [
     ("inverted_teredo", bytes(b ^ 0xFF for b in a4(HOST)), "inverted"),
     ("plus_one", (num(HOST) + 1).to_bytes(4, "big"), "plus1"),
     ("dotted_text", b"X-Forwarded-For: 10.1.2.3\r\n", "text"),
+    ("dashed_text", b"host ip-10-1-2-3.internal", "text"),
     ("ipv6_text_compressed_upper", b"host=FD00:10:1::5;", "text"),
     ("ipv6_text_exploded", b"fd00:0010:0001:0000:0000:0000:0000:0005 ", "text"),
     ("mapped_text", b"from ::ffff:a01:203 ", "text6"),
@@ -78,11 +79,14 @@ PAYLOAD_FORMS = [
     ("ptr_text", b"3.2.1.10.IN-ADDR.ARPA", "ptr-text"),
     ("ptr6_wire", labels(nibbles(a6(HOST6)) + ["ip6", "arpa"]) + b"\0", "ptr"),
     ("ptr6_text", (".".join(nibbles(a6(HOST6))) + ".ip6.arpa").encode(), "ptr-text"),
+    ("ptr6_text_no_suffix", (".".join(nibbles(a6(HOST6))) + " IN PTR").encode(), "ptr-text"),
     ("ip6_arpa_prefix_wire", labels(nibbles(a6("fd00:10:1::"))[-12:] + ["ip6", "arpa"]) + b"\0", "ptr-prefix"),
     ("ip6_arpa_prefix_text", b"1.0.0.0.0.1.0.0.0.0.d.f.ip6.arpa", "ptr-prefix"),
     ("in_addr_arpa_zone", labels(["1", "10", "in-addr", "arpa"]) + b"\0", "ptr-prefix"),
+    ("in_addr_arpa_zone_text", b"zone 1.10.in-addr.arpa", "ptr-prefix"),
     ("ipv6_prefix_raw", a6("fd00:10:1:7::99"), "prefix"),
     ("ipv6_prefix_text", b"net fd00:10:1::/48", "prefix-text"),
+    ("ipv6_prefix_text_padded", b"FD00:0010:0001", "prefix-text"),
     ("nat64_48_split", a4(HOST)[:2] + b"\0" + a4(HOST)[2:], "nat64"),
     ("mac_raw", MAC_A, "raw"),
     ("mac_text_colon_upper", b"chaddr 02:AA:BB:CC:DD:EE", "mac-text"),
@@ -159,7 +163,8 @@ def test_eui64_identifier_shows_the_mac_even_when_macs_are_hashed(tmp_path) -> N
 
 def test_another_packets_address_in_a_payload_is_a_leak(tmp_path) -> None:
     orig = [scrub_macs(u4("198.51.100.1", "10.1.0.5")), scrub_macs(u4("198.51.100.2", "10.1.0.6", b"abcd"))]
-    leaked = [scrub_macs(u4("198.51.100.1", "192.168.0.5")), scrub_macs(u4("198.51.100.2", "192.168.0.6", a4("10.1.0.5")))]
+    leaked = [scrub_macs(u4("198.51.100.1", "192.168.0.5")),
+              scrub_macs(u4("198.51.100.2", "192.168.0.6", a4("10.1.0.5")))]
     report = check(tmp_path, orig, leaked)
     assert [(f.packet, f.form, f.where, f.address) for f in report.leaks] == [(1, "raw", "payload", "10.1.0.5")]
 
@@ -180,7 +185,8 @@ def test_own_address_plus_one_in_tcp_ack_is_a_leak(tmp_path) -> None:
 
 def test_another_packets_address_spelled_by_a_counter_is_a_coincidence(tmp_path) -> None:
     # packet 2's sequence number happens to spell packet 1's private address: counted, not a leak
-    orig = [scrub_macs(t4("198.51.100.7", "10.1.0.5", 12345)), scrub_macs(t4("198.51.100.8", "10.1.0.6", num("10.1.0.5")))]
+    orig = [scrub_macs(t4("198.51.100.7", "10.1.0.5", 12345)),
+            scrub_macs(t4("198.51.100.8", "10.1.0.6", num("10.1.0.5")))]
     clean = [scrub_macs(t4("198.51.100.7", "192.168.0.5", 12345)),
              scrub_macs(t4("198.51.100.8", "192.168.0.6", num("10.1.0.5")))]
     report = check(tmp_path, orig, clean)
@@ -214,6 +220,22 @@ def test_cut_inside_a_copy_of_the_packets_own_address(tmp_path) -> None:
     report = check(tmp_path, orig, [(cut, len(full)), (cut6, len(full6))])
     assert [(f.packet, f.form, f.length, f.address) for f in report.leaks] == [
         (0, "partial", 2, HOST), (1, "partial", 5, HOST6)]
+
+
+@pytest.mark.parametrize("payload,cut,length", [
+    (a4("10.1.0.5"), 1, 3),                                             # another packet's address
+    (b"X-Forwarded-For: 10.1.0.5\r\n", 4, 6),                          # its text, cut after "10.1.0"
+    (labels(["5", "0", "1", "10", "in-addr", "arpa"]) + b"\0", 17, 6),  # its reverse name
+])
+def test_cut_inside_a_kept_copy_of_another_packets_value(tmp_path, payload, cut, length) -> None:
+    orig = [scrub_macs(u4("198.51.100.1", "10.1.0.5")), scrub_macs(u4("198.51.100.2", "198.51.100.3", payload))]
+    whole = scrub_macs(u4("198.51.100.2", "198.51.100.3", payload))
+    leaked = [scrub_macs(u4("198.51.100.1", "192.168.0.5")), (whole[:-cut], len(whole))]
+    report = check(tmp_path, orig, leaked)
+    assert [(f.packet, f.form, f.length, f.address) for f in report.leaks] == [(1, "partial", length, "10.1.0.5")]
+    # the same bytes are no leak when the sanitizer wrote them (not kept from the original)
+    written = scrub_macs(u4("198.51.100.2", "198.51.100.3", b"\xee" * len(payload)))
+    assert check(tmp_path, orig, [leaked[0], (written[:-cut], len(whole))]).ok
 
 
 def test_cut_inside_an_address_field_the_sanitizer_kept(tmp_path) -> None:
