@@ -115,6 +115,8 @@ COMMANDS: dict[str, Command] = {
         F("--hmac-key", key="egress.hmac_key", help="upstream HMAC key (prefer --hmac-key-file)"),
         F("--hmac-key-file", key="@egress.hmac_key", help="file holding the upstream HMAC key"),
         F("--identity-map", key="egress.identity_map", help="TOML map internal sensor -> upstream uuid/key"),
+        F("--telescope", key="egress.telescope",
+          help="prefixes the site watches CIDR[,CIDR]: their count is announced to the hub"),
         F("--topic", key="egress.topic", help="input topic (default d4.pcap.sanitized)"),
         F("--ca", key="egress.ca", help="CA file to verify the server"),
         F("--insecure", key="egress.insecure", help="do not verify the server certificate", **SWITCH),

@@ -251,6 +251,8 @@ class EgressConfig:
     uuid: str = opt("", "upstream sensor uuid of this site")
     hmac_key: Secret | None = opt(None, "upstream HMAC key", secret=True)
     identity_map: str = opt("", "TOML map internal sensor -> upstream uuid/key")
+    telescope: list = opt([], "prefixes the site identity's sensors watch: their address count is announced "
+                              "to the hub with the site name", cidr_list)
     topic: str = opt("d4.pcap.sanitized", "sanitized input topic")
     ca: str = opt("", "CA file to verify the server certificate")
     insecure: bool = opt(False, "do not verify the server certificate")

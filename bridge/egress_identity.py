@@ -13,17 +13,20 @@ Two set-ups (pure: text in, objects out):
       [sensors."0d4a...-..."]        # internal sensor uuid, any spelling
       uuid = "7b1e...-..."
       key = "..."
+      telescope = ["10.1.0.0/17"]    # optional: what it watches, announced to the hub (count only)
 
 Upstream uuids must be RFC 4122 version-4 uuids: d4-core drops any other.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.backscatter.telescope import PrefixSet
 from bridge.config import Secret
 from bridge.d4.keys import is_uuid_v4, normalize_uuid
 
@@ -38,13 +41,22 @@ class Identity:
 
     uuid_hex: str
     key: Secret
+    monitored: int = 0  # IPv4 addresses its sensors watch, announced to the hub (0 = not announced)
 
     @property
     def uuid_bytes(self) -> bytes:
         return bytes.fromhex(self.uuid_hex)
 
 
-def make_identity(uuid_text: str, key: bytes | str | Secret | None, where: str) -> Identity:
+def monitored_addresses(prefixes: list[str], where: str) -> int:
+    """IPv4 addresses in the union of ``prefixes`` (IPv6 ones are not analysed, so not counted)."""
+    try:
+        return PrefixSet([p for p in prefixes if ipaddress.ip_network(str(p).strip(), strict=False).version == 4]).size
+    except ValueError:
+        raise IdentityError(f"{where}: telescope {prefixes!r}: expected CIDR prefixes") from None
+
+
+def make_identity(uuid_text: str, key: bytes | str | Secret | None, where: str, monitored: int = 0) -> Identity:
     """Check and build an identity; ``where`` names it in error messages."""
     try:
         uuid_hex = normalize_uuid(str(uuid_text))
@@ -55,7 +67,7 @@ def make_identity(uuid_text: str, key: bytes | str | Secret | None, where: str) 
     secret = key if isinstance(key, Secret) else Secret(key) if key else None
     if secret is None or not secret.reveal():
         raise IdentityError(f"{where}: no HMAC key")
-    return Identity(uuid_hex, secret)
+    return Identity(uuid_hex, secret, monitored)
 
 
 @dataclass
@@ -84,9 +96,10 @@ class IdentityMap:
 def _entry(table: Any, where: str, base: Path) -> Identity:
     if not isinstance(table, dict):
         raise IdentityError(f"{where}: expected a table with uuid and key or key_file")
-    unknown = set(table) - {"uuid", "key", "key_file"}
+    unknown = set(table) - {"uuid", "key", "key_file", "telescope"}
     if unknown:
-        raise IdentityError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: uuid, key, key_file)")
+        raise IdentityError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
+                            "(known: uuid, key, key_file, telescope)")
     if "uuid" not in table:
         raise IdentityError(f"{where}: missing uuid")
     if ("key" in table) == ("key_file" in table):
@@ -100,7 +113,9 @@ def _entry(table: Any, where: str, base: Path) -> Identity:
             raise IdentityError(f"{where}: cannot read key file {path}: {exc.strerror}") from None
     else:
         key = str(table["key"]).encode()
-    return make_identity(table["uuid"], key, where)
+    telescope = table.get("telescope", [])
+    prefixes = [p.strip() for p in telescope.split(",")] if isinstance(telescope, str) else list(telescope)
+    return make_identity(table["uuid"], key, where, monitored_addresses(prefixes, where) if prefixes else 0)
 
 
 def parse_identity_map(text: str, origin: str = "identity map", base: Path = Path(".")) -> IdentityMap:

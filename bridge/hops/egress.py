@@ -21,6 +21,10 @@ thread, fed through a bounded in-memory queue.
   rebalance the consumer resumes from the committed offsets. d4-core's refusal of a second
   session for the same uuid and type (it closes the connection at once) counts as ``refused``
   and keeps the backoff growing.
+* Site announcement: an identity with a telescope (``--telescope`` for the site identity, a
+  ``telescope`` in the identity map) announces the site name and its monitored address count in
+  a D4 type-2 meta header (``bridge.d4.site_meta``) on a short session of its own, whenever its
+  pcap session (re)connects, so a hub that restarted learns it again.
 * Backpressure: when the queued bytes exceed ``max_queued_bytes`` (server slow or down) every
   assigned partition is paused; the consumer keeps polling, so the group membership and
   ``max.poll.interval.ms`` stay satisfied; reading resumes below half the bound, at full speed.
@@ -42,11 +46,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from bridge import kafka, metrics, records
 from bridge.config import Config, KafkaConfig
-from bridge.d4.client import D4Sender, SenderOptions, SenderStopped, parse_host_port
+from bridge.d4.client import TYPE_META, D4Sender, SenderOptions, SenderStopped, parse_host_port
 from bridge.d4.frame import MAX_PAYLOAD
+from bridge.d4.site_meta import site_announcement
 from bridge.d4.tls import client_context
 from bridge.egress_framing import convert_precision, frame_payloads, session_header, warm_up
-from bridge.egress_identity import Identity, IdentityError, IdentityMap, load_identity_map, make_identity
+from bridge.egress_identity import (Identity, IdentityError, IdentityMap, load_identity_map, make_identity,
+                                    monitored_addresses)
 from bridge.hop import Shutdown, start_hop
 from bridge.egress_offsets import OffsetTracker, Token
 from bridge.pcap import PcapFormatError
@@ -80,6 +86,7 @@ class Plan:
     identities: IdentityMap
     tls: Any  # ssl.SSLContext | None
     options: SenderOptions
+    announcements: dict[str, bytes] = dataclasses.field(default_factory=dict)  # uuid -> meta header
 
 
 def resolve(cfg: Config) -> Plan:
@@ -94,7 +101,8 @@ def resolve(cfg: Config) -> Plan:
     if e.uuid or e.hmac_key is not None:
         if not e.uuid or e.hmac_key is None:
             raise ValueError("give both --uuid and --hmac-key (or --hmac-key-file) for the site identity")
-        site = make_identity(e.uuid, e.hmac_key, "site identity")
+        site = make_identity(e.uuid, e.hmac_key, "site identity",
+                             monitored_addresses(e.telescope, "--telescope") if e.telescope else 0)
     if e.identity_map:
         identities = load_identity_map(e.identity_map)
         if identities.default is None:
@@ -106,7 +114,12 @@ def resolve(cfg: Config) -> Plan:
     tls = None if e.no_tls else client_context(ca=e.ca or None, insecure=e.insecure)
     options = SenderOptions(frame_size=e.frame_size, backoff_max=e.backoff_max, resend_buffer_bytes=e.resend_buffer,
                             resend_grace=e.resend_grace)
-    return Plan(host, port, identities, tls, options)
+    monitored: dict[str, int] = {}  # entries sharing an upstream uuid watch disjoint parts: counts add
+    for ident in identities.identities:
+        if ident.monitored:
+            monitored[ident.uuid_hex] = monitored.get(ident.uuid_hex, 0) + ident.monitored
+    return Plan(host, port, identities, tls, options,
+                {u: site_announcement(cfg.site, n) for u, n in monitored.items()})
 
 
 def check_topic_sanitized(kcfg: KafkaConfig, topic: str, per_partition: int = PEEK_RECORDS,
@@ -190,8 +203,18 @@ class Session:
         self.nsec = nsec
         self.name = f"{identity.uuid_hex[:8]}/linktype {linktype}"
         header = session_header(linktype, nsec)
+        self._announce_due = threading.Event()
+        announcement = plan.announcements.get(identity.uuid_hex)
+
+        def session_start() -> bytes:
+            self._announce_due.set()  # a new pcap session: the hub may have restarted, tell it again
+            return header
+
         self.sender = D4Sender(plan.host, plan.port, identity.uuid_bytes, identity.key.reveal(), D4_TYPE_PCAP,
-                               tls=plan.tls, options=plan.options, on_session_start=lambda: header, stop=stop)
+                               tls=plan.tls, options=plan.options, on_session_start=session_start, stop=stop)
+        self._meta = None if announcement is None else D4Sender(
+            plan.host, plan.port, identity.uuid_bytes, identity.key.reveal(), TYPE_META, tls=plan.tls,
+            options=dataclasses.replace(plan.options, meta_header=announcement), stop=stop)
         self.done = done
         self.stop = stop
         self.sent = sent  # set after each record written: wakes a paused consumer loop
@@ -207,6 +230,25 @@ class Session:
         self._exported_losses: dict[str, int] = {}
         self.thread = threading.Thread(target=self._run, name=f"egress-{self.name}", daemon=True)
         self.thread.start()
+        if self._meta is not None:
+            threading.Thread(target=self._announce, name=f"announce-{self.name}", daemon=True).start()
+
+    def _announce(self) -> None:
+        """Send the site announcement on its own type-2 session each time the pcap session starts."""
+        meta = self._meta
+        assert meta is not None and meta.opts.meta_header is not None
+        announcement = meta.opts.meta_header
+        try:
+            while not self.stop.is_set():
+                if self._announce_due.wait(IDLE_TICK):
+                    self._announce_due.clear()
+                    meta.send(announcement + b"\n")  # the same JSON as one 254 line: d4-core files it
+                    meta.close(self.drain_timeout)
+                    log.info("egress: announced %s to %s:%d", announcement.decode(), meta.host, meta.port)
+        except SenderStopped:
+            pass
+        finally:
+            meta.close(0)
 
     @property
     def queued_bytes(self) -> int:

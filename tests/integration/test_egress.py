@@ -821,3 +821,47 @@ def test_second_copy_of_a_sanitized_batch_is_not_forwarded(kafka_config, unique,
         assert egress.stop() == 0, egress.output()
     assert receiver.packet_count() == 150
     assert check_order_and_duplicates(receiver, {0: 150}) == 0
+
+
+def test_each_identity_announces_its_site_and_monitored_addresses_to_the_hub(kafka_config, unique, tmp_path):
+    """egress -> hub ingress: a type-2 meta header per identity with a telescope, kept per sensor uuid
+    on the hub's records topic; the pcap sessions are unchanged."""
+    from bridge.broker import wait_for_port
+    from bridge.d4.site_meta import parse_site_announcement
+
+    topic, group, pcap_topic, records_topic = unique("san"), unique("egress"), unique("pcap"), unique("records")
+    kafka.create_topics(kafka_config, 2, topics=[topic, pcap_topic, records_topic])
+    internal = [uuidlib.uuid4().hex for _ in range(2)]
+    up = uuidlib.uuid4()
+    (tmp_path / "ids.toml").write_text(
+        f'[sensors."{internal[1]}"]\nuuid = "{up}"\nkey = "key one"\ntelescope = ["10.1.128.0/18"]\n')
+    (tmp_path / "hub.keys").write_text(f"{SITE_UUID} = {KEY.decode()}\n{up} = key one\n")
+    produce(kafka_config, topic, [(su, batch_record(i, su, range(0, 50))) for i, su in enumerate(internal)])
+    hub_port = free_port()
+    ingress = hop(tmp_path, "hub-ingress", "ingress", "--bootstrap", kafka_config.bootstrap, "--listen",
+                  f"127.0.0.1:{hub_port}", "--no-tls", "--keys", str(tmp_path / "hub.keys"), "--registration",
+                  "--topic", pcap_topic, "--records-topic", records_topic)
+    egress = None
+    try:
+        wait_for_port("127.0.0.1", hub_port, 60)
+        egress = EgressProcess(tmp_path, kafka_config, topic, group, hub_port, "--no-tls", "--identity-map",
+                               str(tmp_path / "ids.toml"), "--telescope", "10.1.0.0/17,fd00::/64",
+                               env={"D4BRIDGE_SITE": "north"})
+        consumer = Consumer(kafka.consumer_conf(kafka_config, "test", unique("check")))
+        consumer.assign([TopicPartition(records_topic, p, 0) for p in range(2)])
+        seen: dict[str, tuple[str, int]] = {}
+        deadline = time.monotonic() + 60
+        while len(seen) < 2 and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                rec = records.decode(msg.value(), expect="D4Record")
+                if rec["d4_type"] == 2:
+                    seen[rec["sensor_uuid"]] = parse_site_announcement(rec["data"])
+        consumer.close()
+    finally:
+        if egress is not None:
+            assert egress.stop() == 0, egress.output()
+        terminate(ingress)
+    # --telescope is the site identity's (IPv6 prefixes are not counted), the map entry's is its own
+    assert seen == {SITE_UUID.hex: ("north", 32768), up.hex: ("north", 16384)}, \
+        (tmp_path / "hub-ingress.log").read_text()[-2000:]
