@@ -1179,11 +1179,14 @@ def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, blank, nv
         while am < nmac and mac[am, 1] == i:
             off = mac[am, 0]
             val = mac_new[am]
-            for b in range(6):
-                old[b] = buf[off + b]
-                buf[off + b] = (val >> np.uint64(40 - 8 * b)) & np.uint64(0xFF)
-            if mac[am, 2]:  # no checksum covers a link-layer header: nothing to patch
+            if mac[am, 2]:
+                for b in range(6):
+                    old[b] = buf[off + b]
+                    buf[off + b] = (val >> np.uint64(40 - 8 * b)) & np.uint64(0xFF)
                 nch = _record_change(buf, d, off, 6, ch, nch, old)
+            else:  # no checksum covers a link-layer header: nothing to patch
+                for b in range(6):
+                    buf[off + b] = (val >> np.uint64(40 - 8 * b)) & np.uint64(0xFF)
             am += 1
         while ab < nblank and blank[ab, 2] == i:
             # in chunks of the scratch size; words straddling two chunks are recorded twice,
@@ -1241,15 +1244,15 @@ def apply(buf, recs, newcap, v4, v4_new, v6, v6_new, mac, mac_new, cs, blank, nv
         if nc < 0:
             continue
         cap = _record_cap(buf, r)
-        origlen = (np.int64(buf[r + 12]) | (np.int64(buf[r + 13]) << 8) | (np.int64(buf[r + 14]) << 16)
-                   | (np.int64(buf[r + 15]) << 24))
         # most telescope packets have no payload (SYN-ACK, RST): nothing to look at, no call
-        if payload_at[i] >= 0 and d + nc - payload_at[i] >= 2 and \
-                _address_left(buf, payload_at[i], d + nc, nc < cap or cap < origlen, v4, s0, a4, v6, t0, a6, pat, six,
-                              first):
-            verdict[i] = V_DROP
-            reason[i] = R_SELF_CHECK
-            continue
+        if payload_at[i] >= 0 and d + nc - payload_at[i] >= 2:
+            origlen = (np.int64(buf[r + 12]) | (np.int64(buf[r + 13]) << 8) | (np.int64(buf[r + 14]) << 16)
+                       | (np.int64(buf[r + 15]) << 24))
+            if _address_left(buf, payload_at[i], d + nc, nc < cap or cap < origlen, v4, s0, a4, v6, t0, a6, pat, six,
+                             first):
+                verdict[i] = V_DROP
+                reason[i] = R_SELF_CHECK
+                continue
         size = 16 + nc
         if out != r or nc != cap:
             for b in range(8):
