@@ -59,7 +59,7 @@ FORMS = {
     "plus1": "IPv4 + 1 (a TCP ack answering a sequence number that held the address)",
     "nat64": "IPv4 split around the u octet of a /40, /48 or /56 NAT64 prefix (RFC 6052)",
     "text": "dotted or dashed quad, IPv6 text (any valid spelling), any case",
-    "text6": "IPv4 as the two hex groups of an IPv6 text (::ffff:a01:203, 2002:a01:203::)",
+    "text6": "an IPv6 text embedding a private IPv4 address (::ffff:a01:203, 2002:a01:203::1, ...)",
     "ptr": "DNS reverse-name labels in wire form (in-addr.arpa octets, ip6.arpa nibbles)",
     "ptr-text": "DNS reverse name as dotted text",
     "prefix": "a private IPv6 prefix's whole bytes (prefixes of 32 bits or more)",
@@ -712,19 +712,11 @@ def _region_at(regions: list[Region], starts: list[int], pos: int) -> Region:
     return regions[bisect.bisect_right(starts, pos) - 1]
 
 
-_EMBEDDED_AT = {4: (2, 4, 9, 12), 5: (5, 6, 7)}  # where an IPv6 address embeds IPv4 (RFC 3056, 4380, 6052, ...)
-
-
-def _may_hold_address(region: Region, rel: int, width: int) -> bool:
-    """Whether an address of ``width`` bytes (an IPv4 split by a NAT64 u octet: 5) can sit at
-    ``rel``: in free-form bytes, as the whole of an address field, or at an IPv4-embedding
-    position of an IPv6 address field; never across fields, never in fixed ones."""
+def _free_or_field(region: Region, rel: int, width: int) -> bool:
+    """Whether ``width`` bytes at ``rel`` lie in free-form bytes or are a whole address field:
+    where an address can sit (never across fields, never in fixed ones)."""
     start, end, kind, _name = region
-    if rel + width > end:
-        return False
-    if kind == OPAQUE:
-        return True
-    return kind == ADDR and (end - start == width or end - start == 16 and rel - start in _EMBEDDED_AT.get(width, ()))
+    return rel + width <= end and (kind == OPAQUE or kind == ADDR and end - start == width)
 
 
 # --- checksums -----------------------------------------------------------------------------
@@ -1012,14 +1004,6 @@ _F = {name: i for i, name in enumerate(_PATTERN_FORMS)}
 _CHANCE = (_F["raw"], _F["inverted"], _F["plus1"], _F["nat64"])  # forms of an IPv4 value that counters can spell
 
 
-def _key(rows: np.ndarray, k: int) -> np.ndarray:
-    """Big-endian value of the first k columns of a uint8 matrix."""
-    key = np.zeros(len(rows), np.uint64)
-    for j in range(k):
-        key = (key << np.uint64(8)) | rows[:, j]
-    return key
-
-
 class _Scanner:
     """Finds every occurrence of many byte patterns (4 bytes or longer) in one buffer.
 
@@ -1258,7 +1242,7 @@ def _layout_learn(linktype: int, data: bytes, windows: list[tuple[int, int]],
     regions = layout(linktype, data)
     starts = [r[0] for r in regions]
     values = {data[rel:rel + width] for rel, width in windows
-              if _may_hold_address(_region_at(regions, starts, rel), rel, width)}
+              if _free_or_field(_region_at(regions, starts, rel), rel, width)}
     heads: set[bytes] = set()
     for start, end, kind, _name in regions:
         value = data[start:end]
@@ -1269,6 +1253,8 @@ def _layout_learn(linktype: int, data: bytes, windows: list[tuple[int, int]],
                 heads.add(value)
         elif _host_mac(value):
             values.add(value)
+        elif len(value) == 16:
+            values.update(v4 for v4 in _embedded_v4(value) if nets.contains(v4))
     return values, heads
 
 
@@ -1380,6 +1366,15 @@ class _Sanitized:
             self._layouts[k] = regions, [r[0] for r in regions]
         return _region_at(*self._layouts[k], rel)
 
+    def _may_hold(self, k: int, rel: int, width: int, v4: bytes) -> bool:
+        """Whether IPv4 address ``v4`` (spelled in ``width`` bytes at ``rel``) sits where an address
+        can: free-form bytes, an IPv4 address field, or an IPv6 address of a form embedding it."""
+        region = self.region(k, rel)
+        start, end, kind, _name = region
+        if _free_or_field(region, rel, width):
+            return True
+        return kind == ADDR and end - start == 16 and v4 in _embedded_v4(self.packets[k][start:end])
+
     def own(self, k: int) -> set[bytes]:
         return self.learned.own.get(self.keys[k], set())
 
@@ -1401,7 +1396,7 @@ class _Sanitized:
     def _pattern_hit(self, forms: _Forms, k: int, rel: int, width: int, entries: list[tuple[int, int]]) -> None:
         for form, value in entries:
             if (form in _CHANCE and value < forms.v4_count and forms.values[value] not in self.own(k)
-                    and not _may_hold_address(self.region(k, rel), rel, width)):
+                    and not self._may_hold(k, rel, width, forms.values[value])):
                 continue
             self.found(k, rel, width, _PATTERN_FORMS[form], forms.label(value))
             return

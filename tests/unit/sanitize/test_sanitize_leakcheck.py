@@ -143,6 +143,15 @@ def test_ipv4_embedded_in_an_ipv6_header_is_reported(tmp_path, dst) -> None:
         (1, "ip6.dst", "inverted" if dst.endswith("fdfc") else "raw")], report.lines()
 
 
+def test_interface_identifier_spelling_an_ipv4_address_is_a_coincidence(tmp_path) -> None:
+    # pnat keeps interface identifiers; one that spells packet 0's address in its last 4 bytes
+    # embeds nothing (no embedding prefix), and is not learned as an address of packet 1 either
+    orig = [scrub_macs(u4("198.51.100.1", "10.1.0.5")), scrub_macs(u6("2001:db8::1", "fd00:10:1::1234:a01:5"))]
+    clean = [scrub_macs(u4("198.51.100.1", "192.168.0.5")), scrub_macs(u6("2001:db8::1", "2001:db8:ffff::1234:a01:5"))]
+    report = check(tmp_path, orig, clean)
+    assert report.ok and report.coincidences == 1 and report.private_in_orig == 2, report.lines()
+
+
 def test_nat64_prefix_of_48_bits_splits_the_address(tmp_path) -> None:
     # RFC 6052: a /48 prefix puts a.b before the u octet, c.d after it
     split = str(ipaddress.IPv6Address(b"\x00\x64\xff\x9b\x00\x01" + a4(HOST)[:2] + b"\0" + a4(HOST)[2:] + bytes(5)))
