@@ -104,6 +104,8 @@ class _Collector:
         self.macs: list[bytes] = []
 
     def add(self, where: str, raw: bytes) -> None:
+        if len(raw) not in (4, 16):
+            return  # a slot cut by the capture or by a length that claims too much
         self.found.append((where, raw))
         if len(raw) == 16:
             self.found += [(f"{where}/embedded", v4) for v4 in _embedded_v4(raw)]

@@ -16,7 +16,7 @@ from unit.sanitize.sanitize_corpus import MAC_A, a4, a6, cases  # tests/ is on t
 
 from bridge.cli import main
 from bridge.pcap import PcapHeader, pack_record, write_pcap
-from bridge.sanitize.leakcheck import LeakReport, leakcheck
+from bridge.sanitize.leakcheck import LeakReport, addresses, checksum_errors, layout, leakcheck
 
 PRIVATE = ["10.0.0.0/8", "172.16.0.0/12", "fd00::/8", "2001:db8:1::/48"]
 LINKTYPES = (0, 1, 101, 113, 228, 229, 276)
@@ -91,6 +91,25 @@ def write_pair(work: Path, linktype: int, orig: list[bytes], sanitized: list[tup
     write_pcap(s, PcapHeader(linktype, 65535, False),
                b"".join(pack_record(i * 1000, d, origlen=n) for i, (d, n) in enumerate(sanitized)))
     return o, s
+
+
+@st.composite
+def one_packet(draw) -> tuple[int, bytes]:
+    linktype = draw(st.sampled_from(LINKTYPES))
+    return linktype, draw(st.one_of(mutated(linktype), st.binary(max_size=120)))
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(one_packet())
+def test_decoders_keep_their_contracts(case) -> None:
+    # the layout tiles the packet from byte 0 (its last region may pass a cut); dpkt's walk
+    # gives whole 4- or 16-byte addresses only; the checksum pass reads any bytes
+    linktype, data = case
+    regions = layout(linktype, data)
+    assert not data or (regions[0][0] == 0 and regions[-1][1] >= len(data))
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(regions, regions[1:]))
+    assert all(len(raw) in (4, 16) for _where, raw in addresses(linktype, data))
+    assert all(isinstance(e, str) for e in checksum_errors(linktype, data, len(data) + 1))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
