@@ -171,6 +171,17 @@ SESSIONS = dashboard("d4b-sessions", "d4-bridge: D4 sessions", (
     ], unit="s"),
 ])
 
+# One row per attack in progress (the gauge holds each attack's latest event and loses it at the
+# final one): an instant query shown as a table, largest estimated rate first.
+CURRENT_ATTACKS = panel("Current attacks", [{
+    **q("sort_desc(max by (victim, protocol, sites) (d4bridge_analyze_attack_estimated_pps))"),
+    "instant": True, "format": "table"}], unit="pps", kind="table", w=24, h=8, description=(
+    "Attacks declared and not yet final: victim, attacked protocol, estimated rate so far (packets x 2^32 / "
+    "address-seconds watched) and the sites whose telescopes saw it."))
+CURRENT_ATTACKS["transformations"] = [{"id": "organize", "options": {
+    "excludeByName": {"Time": True}, "renameByName": {"Value": "estimated pps"},
+    "indexByName": {"victim": 0, "protocol": 1, "Value": 2, "sites": 3}}}]
+
 HUB = dashboard("d4b-hub", "d4-bridge: hub", (
     "The public hub: what arrives from the sites, backscatter classification and the attacks detected."), [
     panel("Active attacks", [q("sum(d4bridge_analyze_attacks_active)", "attacks")], kind="stat", w=8, h=5),
@@ -178,13 +189,14 @@ HUB = dashboard("d4b-hub", "d4-bridge: hub", (
           unit="cps", kind="stat", w=8, h=5),
     panel("Packets arriving /s", [q("sum(rate(d4bridge_ingress_packets_total{job=\"hub-ingress\"}[$__rate_interval]))",
                                     "packets")], unit="pps", kind="stat", w=8, h=5),
+    CURRENT_ATTACKS,
     panel("Active attacks over time", [q("sum(d4bridge_analyze_attacks_active)", "attacks")]),
     panel("Backscatter events /s by status", [q(rate("d4bridge_analyze_events_total", "status"), "{{status}}")],
           unit="cps"),
     panel("Classified packets /s", [q(rate("d4bridge_analyze_packets_total", "class"), "{{class}}")],
           unit="pps", stack=True),
     panel("Late packets, duplicates, evictions /s", [
-        q("sum(rate(d4bridge_analyze_late_packets_total[$__rate_interval]))", "late (behind watermark)"),
+        q("sum(rate(d4bridge_analyze_late_packets_total[$__rate_interval]))", "late (attack already final)"),
         q("sum(rate(d4bridge_analyze_duplicates_total[$__rate_interval]))", "duplicates across sites"),
         q("sum(rate(d4bridge_analyze_evictions_total[$__rate_interval]))", "victims evicted"),
     ], unit="cps"),
