@@ -45,6 +45,7 @@ ROTATE_S = 5.0         # d4-core rotates every 300 s; the demo every 5 s so it s
 START_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 30.0   # give up waiting for the chain to deliver after this long without progress
 CHECK_TIMEOUT = 120.0  # leakcheck and sanitize-file of the whole run
+SOURCE_IDLE_S = 5.0    # the hub's source idle timeout (production default: 30 s)
 SITE_TUNING = """
 [sanitize]
 # at a few thousand packets/s a transaction fills slowly: close it sooner (latency over overhead)
@@ -57,6 +58,12 @@ session_timeout_ms = 6000
 heartbeat_interval_ms = 500
 statistics_interval_ms = 1000
 linger_ms = 5
+"""
+HUB_TUNING = f"""
+[analyze]
+# the demo's input stops after a few seconds of silence: finals come soon after the capture ends
+source_idle_seconds = {SOURCE_IDLE_S}
+update_seconds = 2
 """
 SANITIZERS = 2
 CONSUMER_HOPS = ("sanitize-1", "sanitize-2", "egress", "analyze")
@@ -76,8 +83,7 @@ class Demo:
     hub_kafka: KafkaConfig = field(default_factory=KafkaConfig)
     redis_port: int = 0
     queue_uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
-    site_uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
-    sensor_uuids: dict[str, str] = field(default_factory=dict)
+    sensor_uuids: dict[str, str] = field(default_factory=lambda: {ds.QUEUE_SOURCE: str(uuidlib.uuid4())})
     hops: dict[str, int] = field(default_factory=dict)  # /metrics endpoint name -> port
     senders: dict[str, Part] = field(default_factory=dict)
     live_start_ns: int = 0
@@ -167,7 +173,7 @@ def _start_infrastructure(d: Demo) -> None:
     d.hub_kafka = KafkaConfig(bootstrap=f"{HOST}:{hub_port}")
     (d.work / "site.toml").write_text(
         f'site = "demo-site"\n{SITE_TUNING}{KAFKA_TUNING}bootstrap = "{d.site_kafka.bootstrap}"\n')
-    (d.work / "hub.toml").write_text(f'site = "hub"\n{KAFKA_TUNING}bootstrap = "{d.hub_kafka.bootstrap}"\n')
+    (d.work / "hub.toml").write_text(f'site = "hub"\n{HUB_TUNING}{KAFKA_TUNING}bootstrap = "{d.hub_kafka.bootstrap}"\n')
     one_shots = [
         d.cli("site-topics", "topics", "--config", "site.toml", "--partitions", "3", metrics=False, one_shot=True),
         d.cli("hub-topics", "topics", "--config", "hub.toml", "--partitions", "3", metrics=False, one_shot=True),
@@ -188,12 +194,21 @@ def _start_hops(d: Demo) -> None:
     w = d.work
     hub_pem, hub_ca = _tls(w, "hub")
     site_pem, site_ca = _tls(w, "site")
-    site_key = uuidlib.uuid4().hex
-    _write_secret(w / "hub-keys", f"{d.site_uuid} = {site_key}\n")
-    _write_secret(w / "egress.key", site_key)
+    # Each source leaves the site under an upstream identity of its own that announces what it
+    # watches (the address count of its prefix): the hub then extrapolates from the sources that
+    # were capturing at each moment (the d4-core backlog alone at first, then all three).
+    hub_keys, identities = [], []
+    for name, prefix in ds.SOURCE_PREFIXES.items():
+        upstream, key = uuidlib.uuid4(), uuidlib.uuid4().hex
+        _write_secret(w / f"upstream-{name}.key", key)
+        hub_keys.append(f"{upstream} = {key}")
+        d.sensor_uuids.setdefault(name, str(uuidlib.uuid4()))
+        identities.append(f'[sensors."{d.sensor_uuids[name]}"]\nuuid = "{upstream}"\n'
+                          f'key_file = "upstream-{name}.key"\ntelescope = ["{prefix}"]\n')
+    _write_secret(w / "hub-keys", "\n".join(hub_keys) + "\n")
+    (w / "identities.toml").write_text("\n".join(identities))
     sensor_keys = []
     for name in ds.LIVE_SENSORS:
-        d.sensor_uuids[name] = str(uuidlib.uuid4())
         key = uuidlib.uuid4().hex
         _write_secret(w / f"{name}.key", key)
         sensor_keys.append(f"{d.sensor_uuids[name]} = {key}")
@@ -202,7 +217,8 @@ def _start_hops(d: Demo) -> None:
 
     d.cli("hub-ingress", "ingress", "--config", "hub.toml", "--listen", hub_listen, "--cert", str(hub_pem),
           "--keys", "hub-keys", "--registration")
-    d.cli("analyze", "analyze", "--config", "hub.toml", "--telescope", ds.PUBLIC_TELESCOPE,
+    # --telescope only for sensors that announce nothing (here: none, once their announcement is in)
+    d.cli("analyze", "analyze", "--config", "hub.toml", "--telescope", ds.PUBLIC_TELESCOPE, "--misp-dir", "misp",
           stdout=w / "events.jsonl")
     d.cli("site-ingress", "ingress", "--config", "site.toml", "--listen", site_listen, "--cert", str(site_pem),
           "--keys", "site-keys", "--registration")
@@ -211,8 +227,8 @@ def _start_hops(d: Demo) -> None:
     # one command, two worker processes: each gets its own transactional.id (host + worker index)
     d.cli("sanitize", "sanitize", "--config", "site.toml", "--pnat", ds.PNAT, "--workers", str(SANITIZERS),
           endpoints=tuple(f"sanitize-{i + 1}" for i in range(SANITIZERS)))
-    d.cli("egress", "egress", "--config", "site.toml", "--server", hub_listen, "--uuid", d.site_uuid,
-          "--hmac-key-file", "egress.key", "--ca", str(hub_ca))
+    d.cli("egress", "egress", "--config", "site.toml", "--server", hub_listen, "--identity-map", "identities.toml",
+          "--ca", str(hub_ca))
     for name in ds.LIVE_SENSORS:
         d.senders[name] = d.cli(name, "send", "--server", site_listen, "--uuid", d.sensor_uuids[name],
                                 "--hmac-key-file", f"{name}.key", "--ca", str(site_ca), "-", stdin=subprocess.PIPE)
@@ -404,7 +420,8 @@ def _run(d: Demo, seconds: float) -> dict[str, Any]:
 
     backlog = ds.build_backlog(time.time_ns(), BACKLOG_S, BACKLOG_RATE)
     queue = ds.D4CoreQueue(backlog, ds.HEADER, d.work / "d4-core-data", redis.Redis.from_url(_redis_url(d, 2)),
-                           redis.Redis.from_url(_redis_url(d, 0)), d.queue_uuid, str(uuidlib.uuid4()), ROTATE_S)
+                           redis.Redis.from_url(_redis_url(d, 0)), d.queue_uuid, d.sensor_uuids[ds.QUEUE_SOURCE],
+                           ROTATE_S)
     progress = Progress(d, t0)
     _feed_backlog(d, backlog, queue, progress)
 
@@ -415,8 +432,23 @@ def _run(d: Demo, seconds: float) -> dict[str, Any]:
     captured = {name: live[name].count for name in ds.LIVE_SENSORS}
     captured[ds.QUEUE_SOURCE] = backlog.count + live[ds.QUEUE_SOURCE].count
     _drain(d, progress, target=sum(captured.values()), phase="draining")
+    _await_finals(d, progress)
     everything = backlog.packets + b"".join(src.packets for src in live.values())
     return _summarize(d, everything, captured, truth, send_exits, time.monotonic() - t0, seconds)
+
+
+def _await_finals(d: Demo, progress: Progress) -> None:
+    """Wait until every attack the hub reported has its final event (the hub's sources fell silent)."""
+    deadline = time.monotonic() + SOURCE_IDLE_S + DRAIN_TIMEOUT
+    while time.monotonic() < deadline:
+        events = read_events(d.work / "events.jsonl")
+        ids = {e["attack_id"] for e in events}
+        if ids and ids == {e["attack_id"] for e in events if e["status"] == "final"}:
+            return
+        d.sup.check()
+        time.sleep(1.0)
+        progress.tick("capture over: waiting for the final events")
+    _say("the hub did not report every attack final in time; the summary shows their latest events")
 
 
 def _merged(samples: list[dict], name: str, label: str) -> dict[str, int]:
@@ -475,6 +507,7 @@ def _summarize(d: Demo, everything: bytes, captured: dict[str, int], truth: list
     total = sum(captured.values())
     lost = max(0, total - sum(dropped.values()) - hub.unique)
     attacks, false_positives = match_attacks(truth, read_events(d.work / "events.jsonl"))
+    misp_files = sorted((d.work / "misp").glob("*.json"))
     sensors_lat = [v for n in ds.LIVE_SENSORS for v in hub.latency_s.get(n, [])]
     s_p50, s_p99 = percentiles(sensors_lat)
     q_p50, q_p99 = percentiles(hub.latency_s.get(ds.QUEUE_SOURCE, []))
@@ -517,7 +550,8 @@ def _summarize(d: Demo, everything: bytes, captured: dict[str, int], truth: list
         "leaks": {"private": list(ds.PRIVATE), "found": _leak_count(leak_report),
                   "leakcheck_exit": leak_rc, "report": leak_report.strip().splitlines()[-3:]},
         "attacks": {"simulated": len(attacks), "detected": sum(a["detected"] for a in attacks),
-                    "list": attacks, "false_positives": false_positives},
+                    "list": attacks, "false_positives": false_positives,
+                    "misp_events": [str(p.relative_to(d.work)) for p in misp_files]},
         "latency": {"sensors_p50_s": s_p50, "sensors_p99_s": s_p99, "queue_p50_s": q_p50, "queue_p99_s": q_p99,
                     "rotate_s": ROTATE_S},
         "metrics": {name: f"http://{HOST}:{port}/metrics" for name, port in d.hops.items()},

@@ -180,22 +180,33 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 def match_attacks(truth: list[Any], events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each simulated attack with the hub's best event for it; victims reported that were never attacked."""
-    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    """Each simulated attack with the hub's report of it; victims reported that were never attacked.
+
+    The report of an attack is its newest event (highest seq: the final one once it came), as
+    any consumer of d4.backscatter reads it; a victim reported under several attack ids (a split)
+    shows the one with the most packets and its id count.
+    """
+    newest: dict[str, dict[str, Any]] = {}
     for ev in events:
-        key = (ev["victim"], ev["protocol"])
-        if key not in by_key or ev["packets"] >= by_key[key]["packets"]:
-            by_key[key] = ev
+        if ev["attack_id"] not in newest or ev["seq"] > newest[ev["attack_id"]]["seq"]:
+            newest[ev["attack_id"]] = ev
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for ev in newest.values():
+        by_key.setdefault((ev["victim"], ev["protocol"]), []).append(ev)
     rows = []
     simulated = set()
     for att in truth:
         key = (att.victim, att.protocol)
         simulated.add(key)
-        ev = by_key.get(key)
+        reports = by_key.get(key, [])
+        ev = max(reports, key=lambda e: e["packets"]) if reports else None
         rows.append({
             "kind": att.kind, "victim": att.victim, "protocol": att.protocol, "port": att.port,
             "simulated_pps": att.pps, "detected": ev is not None,
             "estimated_pps": round(ev["estimated_pps"]) if ev else None,
+            "error": round(ev["estimated_pps"] / att.pps - 1, 3) if ev else None,
+            "status": ev["status"] if ev else None, "attack_ids": len(reports),
+            "sites": sorted(ev["sites"]) if ev else [], "monitored_addresses": ev["monitored_addresses"] if ev else 0,
             "packets_at_hub": ev["packets"] if ev else 0,
         })
     false_positives = sorted(f"{v}/{p}" for v, p in by_key if (v, p) not in simulated)
@@ -250,13 +261,20 @@ def render_text(s: dict[str, Any]) -> str:
         "",
         f"attacks detected: {s['attacks']['detected']} of {s['attacks']['simulated']} simulated"
         f"   (other victims reported: {len(s['attacks']['false_positives'])})",
-        f"  {'kind':<17} {'victim':<15} {'proto':<5} {'simulated pps':>13} {'estimated pps':>13} {'detected':>8}"
-        "   (estimate: Moore's lower bound)",
+        f"  {'kind':<17} {'victim':<15} {'proto':<5} {'simulated pps':>13} {'estimated pps':>13} {'error':>6} "
+        f"{'report':>7}",
     ]
     for a in s["attacks"]["list"]:
         est = "-" if a["estimated_pps"] is None else f"{a['estimated_pps']:,}"
+        err = "-" if a["error"] is None else f"{a['error']:+.0%}"
         lines.append(f"  {a['kind']:<17} {a['victim']:<15} {a['protocol']:<5} {a['simulated_pps']:>13,.0f} "
-                     f"{est:>13} {'yes' if a['detected'] else 'NO':>8}")
+                     f"{est:>13} {err:>6} {a['status'] or 'NONE':>7}")
+    monitored = max((a["monitored_addresses"] for a in s["attacks"]["list"]), default=0)
+    lines += [
+        f"  estimate: packets x 2^32 / address-seconds watched, the addresses as each source announced them "
+        f"({monitored:,} in all), counted while the source was capturing",
+        f"  MISP events (ddos objects) written: {len(s['attacks'].get('misp_events', []))}",
+    ]
     lat = s["latency"]
     lines += [
         "",

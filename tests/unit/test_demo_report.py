@@ -42,16 +42,19 @@ def _truth(kind: str, victim: str, protocol: str) -> SimulatedAttack:
     return SimulatedAttack(kind, victim, protocol, 80, 1e6, 0, 1, victim, 65536, 15.0, 100)
 
 
-def test_attacks_match_events_by_victim_and_protocol() -> None:
+def test_attacks_are_reported_by_their_newest_event() -> None:
     truth = [_truth("syn_flood", "198.51.100.10", "tcp"), _truth("icmp_flood", "203.0.113.50", "icmp")]
+    base = {"victim": "198.51.100.10", "protocol": "tcp", "sites": {"s": 1}, "monitored_addresses": 65536}
     events = [
-        {"victim": "198.51.100.10", "protocol": "tcp", "packets": 40, "estimated_pps": 1000.4},
-        {"victim": "198.51.100.10", "protocol": "tcp", "packets": 90, "estimated_pps": 2000.6},
-        {"victim": "203.0.113.50", "protocol": "udp", "packets": 30, "estimated_pps": 10.0},
+        dict(base, attack_id="a", seq=0, status="declared", packets=40, estimated_pps=1000.4),
+        dict(base, attack_id="a", seq=2, status="final", packets=90, estimated_pps=2000.6),
+        dict(base, attack_id="a", seq=1, status="update", packets=95, estimated_pps=3000.0),  # arrived late: older
+        dict(base, victim="203.0.113.50", protocol="udp", attack_id="b", seq=0, status="declared", packets=30,
+             estimated_pps=10.0),
     ]
     rows, false_positives = match_attacks(truth, events)
-    assert [(r["kind"], r["detected"], r["packets_at_hub"], r["estimated_pps"]) for r in rows] == [
-        ("syn_flood", True, 90, 2001), ("icmp_flood", False, 0, None)]
+    assert [(r["kind"], r["detected"], r["packets_at_hub"], r["estimated_pps"], r["status"]) for r in rows] == [
+        ("syn_flood", True, 90, 2001, "final"), ("icmp_flood", False, 0, None, None)]
     assert false_positives == ["203.0.113.50/udp"]
 
 
