@@ -62,3 +62,26 @@ def test_non_v4_site_uuid_is_refused():
 def test_frame_size_at_the_d4_core_limit_is_accepted():
     assert resolve(cfg(server="h:1", uuid=SITE, hmac_key="k", no_tls=True, frame_size=1_000_000)).options.frame_size \
         == 1_000_000
+
+
+def test_identities_with_a_telescope_get_a_site_announcement(tmp_path):
+    from bridge.d4.site_meta import parse_site_announcement
+
+    (tmp_path / "ids.toml").write_text(f'[sensors."{MAPPED}"]\nuuid = "{UP}"\nkey = "m"\n'
+                                       'telescope = "10.9.0.0/24, 10.9.0.128/25"\n')
+    plan = resolve(load_config(overrides={"site": "north", "egress.server": "h:1", "egress.uuid": SITE,
+                                          "egress.hmac_key": "k", "egress.no_tls": True,
+                                          "egress.identity_map": str(tmp_path / "ids.toml"),
+                                          "egress.telescope": "10.1.0.0/16,10.2.0.0/17,fd00::/8"}, env={}))
+    got = {u: parse_site_announcement(raw) for u, raw in plan.announcements.items()}
+    assert got == {uuid.UUID(SITE).hex: ("north", 65536 + 32768), uuid.UUID(UP).hex: ("north", 256)}
+    assert resolve(cfg(server="h:1", uuid=SITE, hmac_key="k", no_tls=True)).announcements == {}
+
+
+def test_site_announcements_are_recognised_and_nothing_else():
+    from bridge.d4.site_meta import parse_site_announcement, site_announcement
+
+    assert parse_site_announcement(site_announcement("a", 5)) == ("a", 5)
+    for raw in (b'{"type": "ja3-jl"}', b"not json", b'{"type": "d4-bridge-site", "site": "a"}',
+                b'{"type": "d4-bridge-site", "site": "a", "monitored_addresses": true}', b"[]"):
+        assert parse_site_announcement(raw) is None
