@@ -321,8 +321,8 @@ class Aggregator:
     def process(self, cols: Classified, site: str, sensor: str, activity: bool = True) -> list[dict[str, Any]]:
         """Add one classified batch from ``sensor`` at ``site``; return the events it causes.
 
-        ``activity``: the batch holds all the sensor captured over its time span, so its
-        packet times show when the sensor was capturing (off when ``tick`` tells that).
+        ``activity``: the batch's packet times show when the sensor was capturing (all of its
+        capture offline; in the hop, backscatter only, completed by ``tick``).
         """
         cfg = self.config
         self.stats.classes += class_counts(cols)
@@ -579,7 +579,9 @@ class Aggregator:
     def _forget_activity(self) -> None:
         """Drop capture spans no open vector reaches back to (they only serve the estimates)."""
         rows = self._live_rows()
-        horizon = int(self.cols["first"][rows].min()) if rows.size else self.wm
+        # a vector opened later starts at or after the watermark: spans before both are of no use
+        horizon = min(int(self.cols["first"][rows].min()) if rows.size else self.wm, self.wm)
+        horizon -= int(self.config.coverage_gap_s * _NS)
         for src in self.sources:
             while len(src.spans) > 1 and src.spans[0][1] < horizon:
                 src.spans.pop(0)
@@ -620,14 +622,16 @@ class Aggregator:
     def _address_seconds(self, first: int, last: int, sources: list[Source]) -> float:
         """Addresses x seconds the ``sources`` watched between ``first`` and ``last``.
 
-        A sensor counts as capturing from coverage_gap_s / 2 before to after each run of its
-        packets, so a steady sensor covers the whole time and a silent one nothing.
+        A sensor counts as capturing over each run of its packets (runs join across gaps up to
+        coverage_gap_s), so a steady sensor covers its whole time, one that started late or
+        paused only the time it captured. Not padded: a pad would count a late starter as
+        capturing before its first packet (a sensor that captures less than a packet per
+        coverage_gap_s counts as not capturing).
         """
-        pad = int(self.config.coverage_gap_s * _NS) // 2
         runs = []
         points = {first, last}
         for src in sources:
-            mine = [(max(a - pad, first), min(b + pad, last)) for a, b in src.spans if b + pad > first and a - pad < last]
+            mine = [(max(a, first), min(b, last)) for a, b in src.spans if b > first and a < last]
             runs.append(mine)
             points.update(p for run in mine for p in run)
         edges = sorted(points)

@@ -447,8 +447,10 @@ class Detector:
                                     list(zip(s["spans"][::2], s["spans"][1::2]))) for s in rec["sensors"]],
                                   [(a["sensor_uuid"], a["site"], a["monitored_addresses"]) for a in rec["announcements"]])
             else:
+                # the tick after these packets brings the sensor's whole activity; their own times
+                # already show it was capturing (an estimate made before that tick stays right)
                 events = agg.process(classify(rec["packets"], rec["linktype"], rec["ts_precision"] == "nsec"),
-                                     rec["site"], rec["sensor_uuid"], activity=False)
+                                     rec["site"], rec["sensor_uuid"])
             after = _counts(agg.stats)
             for metric, delta in zip((metrics.ANALYZE_LATE, metrics.ANALYZE_DUPLICATES, metrics.ANALYZE_EVICTIONS,
                                       metrics.ANALYZE_OUTSIDE, metrics.ANALYZE_INPUT_ENDED),
