@@ -9,7 +9,7 @@ import pytest
 
 from bridge.assembler import PcapChunkBatch
 from bridge.pcap import PcapHeader, pack_record
-from bridge.records import SCHEMA_DIR, Codec, RecordError, dead_letter, pcap_batch
+from bridge.records import SCHEMA_DIR, SCHEMA_NAMES, Codec, RecordError, dead_letter, pcap_batch
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_v1_record_read_by_v2_with_optional_field(tmp_path) -> None:
     """Schema evolution: a v2 reader that adds an optional field reads v1 records."""
     v1 = Codec()
     data = v1.encode("PcapBatch", sample_batch())
-    for name in ("PcapBatch", "D4Record", "DeadLetter", "BackscatterEvent"):
+    for name in SCHEMA_NAMES:
         raw = json.loads((SCHEMA_DIR / f"{name}.avsc").read_text())
         if name == "PcapBatch":
             raw = copy.deepcopy(raw)
@@ -86,6 +86,22 @@ def test_v1_record_read_by_v2_with_optional_field(tmp_path) -> None:
     v2.add_schema("PcapBatch", v1.schemas["PcapBatch"])  # the reader knows the old writer schema
     rec = v2.decode(data, expect="PcapBatch")
     assert rec["vlan_policy"] is None and rec["seq"] == 7
+
+
+def test_backscatter_events_of_version_2_stay_readable(tmp_path) -> None:
+    """A hub upgraded to v3 reads the v2 events already on d4.backscatter (analyze reads them back at restore)."""
+    (tmp_path / "old").mkdir()
+    for name in SCHEMA_NAMES:
+        (tmp_path / f"{name}.avsc").write_text((SCHEMA_DIR / f"{name}.avsc").read_text())
+    v2_schema = (SCHEMA_DIR / "old" / "BackscatterEvent.v2.avsc").read_text()
+    (tmp_path / "BackscatterEvent.avsc").write_text(v2_schema)
+    writer = Codec(schema_dir=tmp_path)
+    v2 = json.loads(v2_schema)
+    event = {f["name"]: f.get("default", 0) for f in v2["fields"]}
+    event.update(attack_id="a", status="final", victim="198.51.100.10", protocol="tcp", ports=[443], classes={},
+                 sites={"s": 3}, sensors={"x": 3}, observed_pps=1.0, estimated_pps=2.0, seq=4)
+    back = Codec().decode(writer.encode("BackscatterEvent", event), expect="BackscatterEvent")
+    assert back["seq"] == 4 and back["late_packets"] == 0 and back["address_seconds"] == 0.0
 
 
 def test_dead_letter_of_huge_input_still_fits_one_record(codec: Codec) -> None:
