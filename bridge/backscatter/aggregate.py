@@ -291,7 +291,7 @@ class Aggregator:
         self.dedup_s = np.zeros(config.dedup_slots, np.int32)
         self.wm = _NEVER
         self.clock = _NEVER  # processing time, from ticks
-        self.ended = False  # every sensor silent: the open vectors were made final
+        self.ended = False  # every sensor silent: the open vectors were made final (until one is heard again)
         self.late_pending = 0  # too-late packets not yet reported in an event
         self.swept_at = _NEVER
         self.stats = Stats()
@@ -340,7 +340,6 @@ class Aggregator:
         self._drop_late(cols, keep)
         if cols.count:
             src.max_ts = max(src.max_ts, int(cols.ts_ns.max()))
-        self.ended = False
         idx = np.nonzero(keep)[0]
         if idx.size:
             dup, overflow = _dedup(cols.digest[idx], cols.ts_ns[idx], np.full(idx.size, source, np.int32),

@@ -63,6 +63,10 @@ def test_short_demo_delivers_everything_leaks_nothing_and_finds_the_attacks(tmp_
     attacks = summary["attacks"]
     assert attacks["simulated"] == 5 and attacks["detected"] == attacks["simulated"]
     assert attacks["false_positives"] == []
+    for a in attacks["list"]:  # each attack's newest event: final, one id, its rate within 20%
+        assert a["status"] == "final" and a["attack_ids"] == 1, a
+        assert abs(a["error"]) <= 0.2, a
+    assert len(attacks["misp_events"]) == 5
 
     lat = summary["latency"]
     assert 0 < lat["sensors_p50_s"] <= lat["sensors_p99_s"] < 30
