@@ -75,3 +75,49 @@ def test_a_newer_event_of_an_attack_keeps_its_misp_uuids() -> None:
     assert older["uuid"] == newer["uuid"] and older["Object"][0]["uuid"] == newer["Object"][0]["uuid"]
     assert [a["uuid"] for a in older["Object"][0]["Attribute"]] == [a["uuid"] for a in newer["Object"][0]["Attribute"]]
     assert np.unique([a["uuid"] for a in newer["Object"][0]["Attribute"]]).size == len(newer["Object"][0]["Attribute"])
+
+
+def test_push_adds_then_edits_an_attack_already_on_the_misp_side(tmp_path) -> None:
+    """A loopback MISP that already has the event (pushed before a restart): the add is refused, the edit
+    follows; the file is the newest event's."""
+    import http.server
+    import threading
+
+    from bridge.misp import MispOutput
+
+    posts = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append((self.path, self.headers["Authorization"], json.loads(body)))
+            exists = self.path == "/events/add"
+            reply = b'{"message": "Event already exists"}' if exists else body
+            self.send_response(403 if exists else 200)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "key").write_text("k3y\n")
+    event = {"attack_id": "198.51.100.10/tcp/1", "status": "final", "victim": "198.51.100.10", "protocol": "tcp",
+             "ports": [443], "first_seen_ns": 10**18, "last_seen_ns": 10**18 + 90 * 10**9, "estimated_pps": 1e5,
+             "seq": 3, "packets": 100, "telescope_addresses": 99, "monitored_addresses": 65536, "sites": {"a": 100},
+             "address_seconds": 3.9e6}
+    try:
+        out = MispOutput(str(tmp_path / "misp"), f"http://127.0.0.1:{server.server_address[1]}", str(tmp_path / "key"))
+        out.put(dict(event, status="update", seq=2))
+        out.put(event)
+        out.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    uid = event_uuid(event["attack_id"])
+    assert [p for p, _, _ in posts] == ["/events/add", f"/events/edit/{uid}", f"/events/edit/{uid}"]
+    assert {auth for _, auth, _ in posts} == {"k3y"} and posts[-1][2]["Event"]["analysis"] == "2"
+    [path] = (tmp_path / "misp").glob("*.json")
+    assert path.name == f"{uid}.json" and json.loads(path.read_text())["Event"]["analysis"] == "2"
