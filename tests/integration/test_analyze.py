@@ -332,7 +332,7 @@ def test_federation_three_sites_one_late_one_interrupted(tmp_path: Path, kafka_c
     key_file.write_text("test-misp-key\n")
     conf = tmp_path / "fed.toml"
     conf.write_text("[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 500\nstatistics_interval_ms = 0\n"
-                    f"linger_ms = 5\n[analyze]\nsnapshot_seconds = 2\nsource_idle_seconds = 1.0\nupdate_seconds = 1\n"
+                    f"linger_ms = 5\n[analyze]\nsnapshot_seconds = 2\nsource_idle_seconds = 2.0\nupdate_seconds = 1\n"
                     f'records_topic = "{rec_topic}"\n')
     args = ["--config", str(conf), "--bootstrap", kafka_config.bootstrap, "--telescope", "10.3.0.0/17",
             "--topic", in_topic, "--out", out_topic, "--group", group, "--metrics-port", "0",
