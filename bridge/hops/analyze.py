@@ -268,7 +268,7 @@ class Detector:
         self.telescopes = telescopes
         self.misp = misp
         self.detector_config = detector_config(cfg)
-        self.attack_series: dict[str, tuple[str, str, str]] = {}  # attack id -> its gauge labels
+        self.attack_series: dict[int, dict[str, tuple[str, str, str]]] = {}  # partition -> attack id -> gauge labels
         self.aggregators: dict[int, Aggregator] = {}
         self.next_offset: dict[int, int] = {}
         self.suppress: dict[int, set[tuple[str, str, int]]] = {}
@@ -306,6 +306,8 @@ class Detector:
         for table in (self.aggregators, self.next_offset, self.suppress, self.out_next):
             table.pop(p, None)
         self.dirty.discard(p)
+        for labels in self.attack_series.pop(p, {}).values():  # the new owner shows them now
+            metrics.ANALYZE_ATTACK_PPS.remove(*labels)
 
     # ------------------------------------------------------------------ state topic
 
@@ -486,20 +488,22 @@ class Detector:
             metrics.ANALYZE_EVENTS.labels(event["status"]).inc()
             sys.stdout.write(line)
             sys.stdout.flush()
-            self._show(event)
+            self._show(p, event)
             if self.misp is not None and (event["status"] == "final" or self.cfg.analyze.misp_updates):
                 self.misp.put(event)
 
         return callback
 
-    def _show(self, event: dict[str, Any]) -> None:
+    def _show(self, p: int, event: dict[str, Any]) -> None:
         """Keep the current-attacks gauge at each attack's latest event; drop it at the final one."""
-        labels = self.attack_series.pop(event["attack_id"], None)
+        mine = self.attack_series.setdefault(p, {})
+        labels = mine.pop(event["attack_id"], None)
         if labels is not None:
             metrics.ANALYZE_ATTACK_PPS.remove(*labels)
-        if event["status"] != "final" and len(self.attack_series) < metrics.ATTACK_SERIES_MAX:
+        shown = sum(len(series) for series in self.attack_series.values())
+        if event["status"] != "final" and shown < metrics.ATTACK_SERIES_MAX:
             labels = (event["victim"], event["protocol"], ",".join(sorted(event["sites"])))
-            self.attack_series[event["attack_id"]] = labels
+            mine[event["attack_id"]] = labels
             metrics.ANALYZE_ATTACK_PPS.labels(*labels).set(event["estimated_pps"])
 
     def close(self) -> None:
