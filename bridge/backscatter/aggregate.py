@@ -289,7 +289,7 @@ class Aggregator:
         self.dedup_h = np.zeros(config.dedup_slots, np.uint64)
         self.dedup_t = np.zeros(config.dedup_slots, np.int64)
         self.dedup_s = np.zeros(config.dedup_slots, np.int32)
-        self.wm = _NEVER
+        self.wm = _NEVER  # watermark: vectors idle for the idle timeout behind it are final; never decreases
         self.clock = _NEVER  # processing time, from ticks
         self.ended = False  # every sensor silent: the open vectors were made final (until one is heard again)
         self.late_pending = 0  # too-late packets not yet reported in an event
@@ -302,11 +302,6 @@ class Aggregator:
     def max_ts(self) -> int:
         """Newest event time seen from any sensor."""
         return max((s.max_ts for s in self.sources), default=_NEVER)
-
-    @property
-    def watermark_ns(self) -> int:
-        """Event time behind which vectors idle for the idle timeout are final (never decreases)."""
-        return self.wm
 
     @property
     def active_attacks(self) -> int:
@@ -357,7 +352,7 @@ class Aggregator:
         events += self._sweep()
         return events
 
-    def tick(self, now_ns: int, groups: Mapping[str, int] = {},
+    def tick(self, now_ns: int, groups: Mapping[str, int] | None = None,
              progress: Iterable[tuple[str, str, str, int, Iterable[tuple[int, int]]]] = (),
              announcements: Iterable[tuple[str, str, int]] = ()) -> list[dict[str, Any]]:
         """Processing time ``now_ns`` and what the input did since the last tick.
@@ -369,7 +364,7 @@ class Aggregator:
         """
         gap = int(self.config.coverage_gap_s * _NS)
         self.clock = max(self.clock, int(now_ns))
-        for key, since in groups.items():
+        for key, since in (groups or {}).items():
             g = self.groups.setdefault(key, [_NEVER, _NEVER])
             g[0], g[1] = max(g[0], int(now_ns)), int(since)
         for sensor, site, monitored in announcements:

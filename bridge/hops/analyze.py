@@ -217,10 +217,10 @@ class Router:
                 counter.inc(n)
         if cols.count:
             sensor = rec["sensor_uuid"]
-            progress = self.heard.setdefault(sensor, {"sensor_uuid": sensor, "site": rec["site"], "spans": [],
-                                                      "last_ts_ns": int(cols.ts_ns.max())})
+            newest = int(cols.ts_ns.max())
+            progress = self.heard.setdefault(sensor, {"sensor_uuid": sensor, "spans": [], "last_ts_ns": newest})
             progress.update(site=rec["site"], partition=f"{msg.topic()}/{msg.partition()}",
-                            last_ts_ns=max(progress["last_ts_ns"], int(cols.ts_ns.max())))
+                            last_ts_ns=max(progress["last_ts_ns"], newest))
             merge_spans(progress["spans"], activity_spans(cols.ts_ns, self.gap_ns), self.gap_ns)
         rows = np.nonzero(cols.backscatter())[0]
         if not rows.size:
@@ -244,8 +244,7 @@ class Router:
         """Send every partition what was read since the previous tick (and that this stage is alive)."""
         tick = {"created_ns": records.now_ns(),
                 "partitions": [{"key": k, "since_ns": v} for k, v in sorted(self.reading.items())],
-                "sensors": [dict(p, spans=[t for span in p["spans"] for t in span])
-                            for p in self.heard.values() if "partition" in p],
+                "sensors": [dict(p, spans=[t for span in p["spans"] for t in span]) for p in self.heard.values()],
                 "announcements": self.announced}
         value = records.encode("AnalyzeTick", tick)
         for key in self.keys:
