@@ -130,7 +130,7 @@ class Hub:
                         f"statistics_interval_ms = 0\nlinger_ms = 5\n"
                         f"[analyze]\nsnapshot_seconds = {snapshot_seconds}\n"
                         # pauses between the phases stay shorter than this; then silence ends the input
-                        f"source_idle_seconds = 8\nupdate_seconds = 1\n")
+                        f"source_idle_seconds = 15\nupdate_seconds = 1\n")
         return Analyzer(self.tmp, name, [
             "--config", str(path), "--bootstrap", self.kcfg.bootstrap, "--telescope", ",".join(self.prefixes),
             "--site-telescope", ",".join(f"{s}={';'.join(p)}" for s, p in SITES.items()),
