@@ -179,7 +179,7 @@ class Router:
                 self._announcement(rec)
             elif kind == "PcapBatch" and msg.topic() == self.cfg.analyze.topic:
                 batches.append((msg, rec))
-            elif msg.topic() == self.cfg.analyze.topic:  # the records topic carries more than meta headers
+            elif msg.topic() == self.cfg.analyze.topic:  # (the records topic's other types are not ours to judge)
                 reason, detail = (rec.reason, rec.detail) if isinstance(rec, records.RecordError) else (
                     "wrong_schema", f"expected PcapBatch, got {kind}")
                 kafka.send_dead_letter(self.producer, records.dead_letter(
