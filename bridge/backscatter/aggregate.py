@@ -377,7 +377,8 @@ class Aggregator:
             src.max_ts = max(src.max_ts, int(newest))
             merge_spans(src.spans, spans, gap)
             self.ended = False
-        if self.sources and not self.ended and all(self.silent(s) for s in self.sources):
+        sending = [s for s in self.sources if s.max_ts != _NEVER]  # an announcement alone holds nothing back
+        if sending and not self.ended and all(self.silent(s) for s in sending):
             return self._end_of_input()
         self._advance()
         return self._sweep() + self._updates(self._live_rows())

@@ -267,6 +267,7 @@ def test_events_follow_the_data_and_silence_ends_the_input() -> None:
     expected = {e["attack_id"]: e for e in offline.finish()}
     cfg = DetectorConfig(update_interval_s=2.0, source_idle_s=1.5)
     agg = Aggregator(Telescopes(["10.1.0.0/16"]), cfg)
+    agg.tick(START, announcements=[("ghost", "elsewhere", 256)])  # announced, never sends: holds nothing back
     events, now = [], START
     for newest, site, batch in _ticked(g, sites, 200):
         cols = classify(batch)
