@@ -28,7 +28,7 @@ def run(cfg: Config) -> int:
     if policy.less_safe():
         # before the work starts, so that it is seen even when the run is interrupted
         print(f"WARNING {policy.less_safe()}", file=sys.stderr)
-    tune_malloc()  # the engine's per-batch arrays are reused, not mapped afresh every 4 MiB
+    tune_malloc()  # the engine's per-batch arrays are reused, not mapped afresh every batch
     try:
         summary = sanitize_file(scfg.input, scfg.output, policy, progress=True)
     except (OSError, PcapFormatError) as exc:

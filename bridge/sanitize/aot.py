@@ -31,8 +31,8 @@ SIGNATURES = {
     "map6": (remap.map6, "void(u8[::1], u8[::1], i8[:], u8[:, ::1])"),
     "embedded": (remap.embedded, "Tuple((i8[::1], i8[::1], u4[::1]))(u8[::1], u8[::1])"),
     "set_embedded": (remap.set_embedded, "void(u8[::1], u8[::1], i8[::1], i8[::1], u4[::1])"),
-    "cache_lookup": (remap.cache_lookup, "i8[::1](u8[::1], u8[::1], b1[::1], u8[::1], u8[::1], i8)"),
-    "cache_insert": (remap.cache_insert, "void(u8[::1], u8[::1], b1[::1], u8[::1], u8[::1], i8)"),
+    "cache_lookup": (remap.cache_lookup, "i8[::1](u8[:, ::1], u8[:, ::1], b1[::1], u8[:, ::1], u8[:, ::1], i8)"),
+    "cache_insert": (remap.cache_insert, "void(u8[:, ::1], u8[:, ::1], b1[::1], u8[:, ::1], u8[:, ::1], i8)"),
 }
 
 

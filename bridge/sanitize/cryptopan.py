@@ -31,10 +31,9 @@ class CryptoPAn:
         pad = enc.update(key[16:32]) + enc.finalize()
         self._pad_words = np.frombuffer(pad, dtype=">u8").astype(np.uint64)
         self._cache_size = cache_size
-        # IPv4: a compiled hash table (every site of every batch is looked up); IPv6 (rarer):
-        # a dict of 16-byte keys
-        self._v4 = ValueCache(self._compute_v4, cache_size)
-        self._v6: dict[bytes, bytes] = {}
+        # compiled hash tables: every site of every batch is looked up
+        self._v4 = ValueCache(self._compute_v4, 1, cache_size)
+        self._v6 = ValueCache(self._compute_v6, 2, cache_size)
 
     def _compute(self, addrs: np.ndarray, nbits: int) -> np.ndarray:
         """Anonymize distinct addresses given as (n, nbits/8) big-endian uint8 rows.
@@ -79,36 +78,30 @@ class CryptoPAn:
         return out
 
     def _compute_v4(self, keys: np.ndarray) -> np.ndarray:
-        """Anonymize distinct IPv4 addresses held in uint64 keys."""
-        rows = keys.astype(">u4").view(np.uint8).reshape(-1, 4)
+        """Anonymize distinct IPv4 addresses held in (n, 1) uint64 keys."""
+        rows = keys.ravel().astype(">u4").view(np.uint8).reshape(-1, 4)
         return self._compute(rows, 32).view(">u4").ravel().astype(np.uint64)
+
+    def _compute_v6(self, keys: np.ndarray) -> np.ndarray:
+        """Anonymize distinct IPv6 addresses held in (n, 2) uint64 keys (high, low halves)."""
+        rows = keys.astype(">u8").view(np.uint8).reshape(-1, 16)
+        return self._compute(rows, 128).view(">u8").reshape(-1, 2).astype(np.uint64)
 
     def anonymize_v4(self, vals: np.ndarray) -> np.ndarray:
         """Anonymize uint32 IPv4 addresses (duplicates allowed)."""
-        return self._v4.map(np.asarray(vals, dtype=np.uint32).astype(np.uint64)).astype(np.uint32)
+        return self._v4.map(np.asarray(vals, dtype=np.uint32).astype(np.uint64)).ravel().astype(np.uint32)
+
+    def anonymize_v6(self, halves: np.ndarray) -> np.ndarray:
+        """Anonymize IPv6 addresses given as (n, 2) uint64 rows of (high, low) halves."""
+        return self._v6.map(halves)
 
     def anonymize_rows(self, addrs: np.ndarray) -> np.ndarray:
         """Anonymize (n, 4) or (n, 16) uint8 rows of big-endian addresses (duplicates allowed)."""
-        if len(addrs) == 0:
-            return addrs.copy()
         if addrs.shape[1] == 4:
             vals = np.ascontiguousarray(addrs).view(">u4").ravel()
             return self.anonymize_v4(vals).astype(">u4").view(np.uint8).reshape(-1, 4)
-        flat = np.ascontiguousarray(addrs).view("V16").ravel()
-        uniq, inverse = np.unique(flat, return_inverse=True)
-        cache = self._v6
-        keys = [u.tobytes() for u in uniq]
-        found = [cache.get(k) for k in keys]
-        missing = [i for i, v in enumerate(found) if v is None]
-        if missing:
-            rows = np.frombuffer(b"".join(keys[i] for i in missing), dtype=np.uint8).reshape(-1, 16)
-            fresh = self._compute(rows, 128)
-            if len(cache) + len(missing) > self._cache_size:
-                cache.clear()  # bounded memory; recomputation gives the same result
-            for i, row in zip(missing, fresh):
-                found[i] = cache[keys[i]] = row.tobytes()
-        result = np.frombuffer(b"".join(found), dtype=np.uint8).reshape(-1, 16)
-        return result[inverse.ravel()]
+        halves = np.ascontiguousarray(addrs).view(">u8").reshape(-1, 2).astype(np.uint64)
+        return self.anonymize_v6(halves).astype(">u8").view(np.uint8).reshape(-1, 16)
 
     def anonymize(self, address: str) -> str:
         """Anonymize one textual address (convenience for tests and tools)."""

@@ -39,18 +39,6 @@ class SanitizeResult:
     consumed: int = 0  # input bytes of the records done (with partial_ok, the rest is a record's start)
 
 
-def _rows16(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """(hi, lo) uint64 halves -> (n, 16) big-endian byte rows."""
-    both = np.empty((len(hi), 2), dtype=">u8")
-    both[:, 0], both[:, 1] = hi, lo
-    return both.view(np.uint8).reshape(-1, 16)
-
-
-def _halves(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    both = np.ascontiguousarray(rows).view(">u8").reshape(-1, 2).astype(np.uint64)
-    return both[:, 0].copy(), both[:, 1].copy()
-
-
 def _in_scope6(hi: np.ndarray, lo: np.ndarray, cidr: Cidr) -> np.ndarray:
     mhi, mlo = np.uint64(cidr.mask >> 64), np.uint64(cidr.mask & layout.M64)
     return ((hi & mhi) == np.uint64(cidr.network >> 64)) & ((lo & mlo) == np.uint64(cidr.network & layout.M64))
@@ -95,15 +83,15 @@ class MacMapper:
         return bytes(h)
 
     def _hash_keys(self, keys: np.ndarray) -> np.ndarray:
-        """The hashes of distinct MACs held as 48-bit integers, as 48-bit integers."""
-        return np.array([int.from_bytes(self._hash(k.to_bytes(6, "big")), "big") for k in keys.tolist()],
+        """The hashes of distinct MACs held as 48-bit integers ((n, 1) keys), as 48-bit integers."""
+        return np.array([int.from_bytes(self._hash(k.to_bytes(6, "big")), "big") for k in keys.ravel().tolist()],
                         dtype=np.uint64)
 
     def map(self, macs: np.ndarray) -> np.ndarray:
         """New MACs for MACs given as 48-bit integers (uint64); the mode must not be keep."""
         if self.mode == "zero":
             return np.zeros(len(macs), dtype=np.uint64)
-        return self._cache.map(macs)
+        return self._cache.map(macs).ravel()
 
 
 class AddressMapper:
@@ -177,7 +165,8 @@ class AddressMapper:
             self._map_parts(rest_hi, rest_lo)
             hi[~hit], lo[~hit] = rest_hi, rest_lo
         if hit.any():
-            hi[hit], lo[hit] = _halves(self._cpan.anonymize_rows(_rows16(hi[hit], lo[hit])))
+            mapped = self._cpan.anonymize_v6(np.stack((hi[hit], lo[hit]), axis=1))
+            hi[hit], lo[hit] = mapped[:, 0], mapped[:, 1]
         return hi, lo
 
 

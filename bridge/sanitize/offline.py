@@ -18,7 +18,7 @@ from bridge.sanitize import kernels
 from bridge.sanitize.engine import Sanitizer
 from bridge.sanitize.policy import Policy
 
-CHUNK_BYTES = 4 << 20  # bytes per engine call: bounds the buffer and the site tables' memory
+CHUNK_BYTES = 2 << 20  # bytes per engine call: the buffer and the site tables stay in the caches
 
 
 @dataclass

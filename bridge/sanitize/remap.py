@@ -152,25 +152,37 @@ def set_embedded(hi, lo, idx, slot, val):
             lo[i] = (lo[i] & np.uint64(0xFF00000000FFFFFF)) | (v << np.uint64(24))
 
 
-# Multiplicative hashing (Fibonacci): the top bits of key * 2^64/phi index the table.
+# Multiplicative hashing (Fibonacci): the top bits of key * 2^64/phi index the table; the last
+# key word is folded in with another odd multiplier first.
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+_HASH_MUL2 = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+@njit(cache=True)
+def _slot(first, last, shift):
+    """The home slot of a key given by its first and last words (the same word for one)."""
+    return np.int64(((first ^ (last * _HASH_MUL2)) * _HASH_MUL) >> shift)
 
 
 @njit(cache=True)
 def cache_lookup(keys, vals, used, query, out, bits):
-    """Look up query keys in an open-addressing hash table of 2**bits slots (keys, vals, used):
-    out[i] = the value of query[i]; returns the indices of the queries not in the table."""
+    """Look up query keys (rows of one or two uint64 words) in an open-addressing hash table
+    of 2**bits slots (keys, vals, used): out[i] = the value of query[i]; returns the indices of
+    the queries not in the table."""
     mask = (np.int64(1) << bits) - 1
     shift = np.uint64(64 - bits)
+    width = query.shape[1]
     miss = np.empty(query.shape[0], dtype=np.int64)
     m = 0
     for i in range(query.shape[0]):
-        q = query[i]
-        j = np.int64((q * _HASH_MUL) >> shift)
+        q0 = query[i, 0]
+        q1 = query[i, width - 1]
+        j = _slot(q0, q1, shift)
         found = False
         while used[j]:
-            if keys[j] == q:
-                out[i] = vals[j]
+            if keys[j, 0] == q0 and keys[j, width - 1] == q1:
+                out[i, 0] = vals[j, 0]
+                out[i, width - 1] = vals[j, width - 1]
                 found = True
                 break
             j = (j + 1) & mask
@@ -186,11 +198,12 @@ def cache_insert(keys, vals, used, new_keys, new_vals, bits):
     full, so every probe sequence ends)."""
     mask = (np.int64(1) << bits) - 1
     shift = np.uint64(64 - bits)
+    width = new_keys.shape[1]
     for i in range(new_keys.shape[0]):
-        q = new_keys[i]
-        j = np.int64((q * _HASH_MUL) >> shift)
+        j = _slot(new_keys[i, 0], new_keys[i, width - 1], shift)
         while used[j]:
             j = (j + 1) & mask
-        keys[j] = q
-        vals[j] = new_vals[i]
+        for w in range(width):
+            keys[j, w] = new_keys[i, w]
+            vals[j, w] = new_vals[i, w]
         used[j] = True
