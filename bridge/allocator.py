@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
@@ -18,7 +17,8 @@ def tune_malloc() -> None:
     memory is unchanged (it is bounded by max_inflight_bytes and the producer queue).
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # by name: ctypes.util.find_library imports subprocess and friends (5 ms per process)
+        libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, 4 << 20)
         libc.mallopt(M_TRIM_THRESHOLD, 128 << 20)
     except (OSError, AttributeError):  # not glibc: nothing to tune
