@@ -253,8 +253,11 @@ class Sanitizer:
         hi, lo = self._addr.map_v6(v6[:, 3].astype(np.uint64), v6[:, 4].astype(np.uint64), v6[:, 2])
         new6 = np.stack((hi, lo), axis=1)
         newmac = self._mac.map(mac[:, 3].astype(np.uint64)) if nmac else np.zeros(0, dtype=np.uint64)
+        scratch = (self._table("ch", int(n[7]) + 1, 3, np.int64), self._table("old", 16, 0, np.uint8),
+                   self._table("pat", 2 * nv4 + 1, 0, np.int64), self._table("six", nv6 + 1, 0, np.int64),
+                   np.zeros(256, dtype=np.bool_))
         size = kernels.apply(buf, recs, newcap, v4, new4, v6, new6, mac, newmac, cs, blank, nv4, nv6, nmac, ncs, nblank,
-                             int(n[7]) + 1, verdict, reason, payload_at)
+                             verdict, reason, payload_at, *scratch)
 
         dropped = int((verdict == layout.V_DROP).sum())
         ncut = int((verdict == layout.V_CUT).sum())

@@ -30,13 +30,16 @@ def source_hash() -> str:
 
 
 def _load_aot():
+    """The ahead-of-time modules (allocating kernels, and the walk built without the
+    reference-counting runtime), or None."""
     if os.environ.get("D4_SANITIZE_JIT") == "1":
         return None
     try:
         if HASH_FILE.read_text().strip() != source_hash():
             log.warning("sanitizer: ahead-of-time kernels are stale (run python -m bridge.sanitize.aot); using the JIT")
             return None
-        return importlib.import_module("bridge.sanitize._kernels")
+        return (importlib.import_module("bridge.sanitize._kernels"),
+                importlib.import_module("bridge.sanitize._kernels_walk"))
     except (OSError, ImportError):
         return None
 
@@ -44,9 +47,11 @@ def _load_aot():
 _aot = _load_aot()
 AOT = _aot is not None
 if _aot is not None:
-    scan, apply, record_offsets = _aot.scan, _aot.apply, _aot.record_offsets
-    map4, map6, embedded, set_embedded = _aot.map4, _aot.map6, _aot.embedded, _aot.set_embedded
-    cache_lookup, cache_insert = _aot.cache_lookup, _aot.cache_insert
+    _core, _walk = _aot
+    scan, apply = _walk.scan, _walk.apply
+    record_offsets, map4, map6, embedded, set_embedded = (_core.record_offsets, _core.map4, _core.map6, _core.embedded,
+                                                           _core.set_embedded)
+    cache_lookup, cache_insert = _core.cache_lookup, _core.cache_insert
 else:
     from bridge.sanitize.remap import cache_insert, cache_lookup, embedded, map4, map6, set_embedded  # noqa: F401
     from bridge.sanitize.walk import apply, record_offsets, scan  # noqa: F401
