@@ -29,6 +29,7 @@ STANDARD_TOPICS = (TOPIC_PCAP, TOPIC_SANITIZED, TOPIC_RECORDS, TOPIC_DLQ, TOPIC_
 # The broker's default record limit; our batches stay far below it, and a refusal says the size.
 MAX_RECORD_BYTES = 1_000_000
 FETCH_WAIT_MS = 100  # longest a consumer's fetch waits for new records (see consumer_conf)
+PREFETCH_KBYTES = 16384  # records a consumer fetches ahead, at most (librdkafka: 64 MB)
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
@@ -188,6 +189,9 @@ def consumer_conf(kcfg: KafkaConfig, hop: str, group_id: str) -> dict[str, Any]:
         # when its wait limit expires (the embedded one does) would add librdkafka's 500 ms
         # default per hop; against Apache Kafka this only bounds how often an idle consumer asks.
         "fetch.wait.max.ms": FETCH_WAIT_MS,
+        # librdkafka prefetches up to 64 MB per consumer by default; a hop is never that far
+        # behind its own fetches, and analyze runs three consumers (found by the resource test)
+        "queued.max.messages.kbytes": PREFETCH_KBYTES,
     })
     conf.update(kcfg.extra)
     return conf
