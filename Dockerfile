@@ -14,11 +14,11 @@ WORKDIR /opt/d4-bridge
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY bridge ./bridge
-# gcc: the sanitizer's loops are compiled ahead of time into the package (fast start of one-shot
-# commands; without it they run through numba's JIT)
+# gcc: the packet loops are compiled ahead of time into the package (no numba in the hops: less
+# memory, fast start; without it they run through numba's JIT)
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
     && pip install . \
-    && python -m bridge.sanitize.aot "$(python -c 'import bridge.sanitize, os; print(os.path.dirname(bridge.sanitize.__file__))')" \
+    && python -m bridge.aot "$(python -c 'import bridge, os; print(os.path.dirname(bridge.__file__))')" \
     # self-test of the installed package (from /, so the source tree here is not what gets imported)
     && cd / && python -c "from bridge import records; records.decode(records.encode('DeadLetter', records.dead_letter('build', 'check', 'image self-test')), expect='DeadLetter')" \
     && useradd --system --uid 10001 --user-group --home-dir /home/d4bridge --create-home d4bridge \

@@ -2,7 +2,7 @@
 
 D4 type-1 frames and file reads cut a pcap stream anywhere: inside the global
 header, inside a record header, inside packet data. The assembler keeps the
-unfinished tail, walks complete records once (a numba loop over the buffer,
+unfinished tail, walks complete records once (a compiled loop over the buffer,
 which also normalizes big-endian record headers in place) and packs them into
 batches closed by size or age. It is a pure core: no I/O, no clocks it was not
 given, no Kafka.
@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from numba import njit
 
+from bridge.compiled import kernels
 from bridge.pcap import (
     GLOBAL_HEADER_LEN,
     RECORD_HEADER,
-    RECORD_HEADER_LEN,
     PcapFormatError,
     PcapHeader,
     global_header,
@@ -36,44 +35,8 @@ DEFAULT_MAX_AGE = 0.1
 # the broker's 1,000,000-byte record limit once Avro fields are added.
 MAX_BATCH_BYTES = 900_000
 
-_WALK_OK = 0
-_WALK_TOO_LONG = 1
-
-
-@njit(cache=True, nogil=True)
-def _walk(buf: np.ndarray, limit: int, big_endian: bool) -> tuple[np.ndarray, int, int]:  # pragma: no cover - jitted
-    """Find the ends of the complete records at the start of ``buf``.
-
-    Returns (ends, status, bad_caplen). Big-endian record headers of complete
-    records are byte-swapped in place, so the bytes up to ends[-1] are canonical.
-    """
-    n = buf.shape[0]
-    ends = np.empty(n // RECORD_HEADER_LEN + 1, np.int64)
-    k = 0
-    pos = 0
-    while pos + 16 <= n:
-        if big_endian:
-            caplen = (buf[pos + 8] << 24) | (buf[pos + 9] << 16) | (buf[pos + 10] << 8) | buf[pos + 11]
-        else:
-            caplen = buf[pos + 8] | (buf[pos + 9] << 8) | (buf[pos + 10] << 16) | (buf[pos + 11] << 24)
-        if caplen > limit:
-            return ends[:k], 1, caplen
-        end = pos + 16 + caplen
-        if end > n:
-            break
-        if big_endian:
-            for f in range(4):
-                base = pos + 4 * f
-                a = buf[base]
-                b = buf[base + 1]
-                buf[base] = buf[base + 3]
-                buf[base + 1] = buf[base + 2]
-                buf[base + 2] = b
-                buf[base + 3] = a
-        ends[k] = end
-        k += 1
-        pos = end
-    return ends[:k], 0, 0
+_loops = kernels("records")
+_WALK_TOO_LONG = 1  # walk_records' status for a record longer than the limit
 
 
 class PcapStreamError(PcapFormatError):
@@ -155,7 +118,7 @@ class PcapAssembler:
             self._canonical = PcapHeader(self.header.linktype, self.header.snaplen, self.header.nsec)
             del self._pending[:GLOBAL_HEADER_LEN]
         arr = np.frombuffer(self._pending, dtype=np.uint8)
-        ends, status, bad = _walk(arr, self._limit, self.header.big_endian)
+        ends, status, bad = _loops.walk_records(arr, self._limit, self.header.big_endian)
         del arr  # release the buffer export before the bytearray is resized
         consumed = int(ends[-1]) if len(ends) else 0
         if consumed:

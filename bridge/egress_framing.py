@@ -10,9 +10,11 @@ then splits it across frames, which the pcap byte stream allows.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from bridge.compiled import kernels
 from bridge.pcap import MAX_SNAPLEN, PcapFormatError, global_header, pack_record
+
+_loops = kernels("records")
 
 # The session header announces the largest snaplen libpcap knows: sensors with different
 # snaplens can share an upstream session, and a receiver refuses records longer than it.
@@ -24,38 +26,6 @@ def session_header(linktype: int, nsec: bool) -> bytes:
     return global_header(linktype, SESSION_SNAPLEN, nsec)
 
 
-@njit(cache=True, nogil=True)
-def _chunk_ends(buf: np.ndarray, limit: int) -> tuple[np.ndarray, int, int]:  # pragma: no cover - jitted
-    """Ends of runs of whole records, each run <= limit bytes unless one record is larger.
-
-    Returns (ends, records, bad_at): bad_at is -1, or the offset of a record that runs past
-    the end of the buffer.
-    """
-    n = buf.shape[0]
-    ends = np.empty(n // 16 + 1, np.int64)
-    k = 0
-    records = 0
-    start = 0  # start of the open run
-    pos = 0
-    while pos < n:
-        if pos + 16 > n:
-            return ends[:k], records, pos
-        caplen = buf[pos + 8] | (buf[pos + 9] << 8) | (buf[pos + 10] << 16) | (np.int64(buf[pos + 11]) << 24)
-        end = pos + 16 + caplen
-        if end > n:
-            return ends[:k], records, pos
-        if end - start > limit and pos > start:
-            ends[k] = pos
-            k += 1
-            start = pos
-        records += 1
-        pos = end
-    if pos > start:
-        ends[k] = pos
-        k += 1
-    return ends[:k], records, -1
-
-
 def frame_payloads(packets: bytes, frame_size: int) -> list[memoryview]:
     """Split canonical packed records into payloads of whole records, each <= ``frame_size``.
 
@@ -65,7 +35,7 @@ def frame_payloads(packets: bytes, frame_size: int) -> list[memoryview]:
         raise ValueError("frame_size must be positive")
     if not packets:
         return []
-    ends, _records, bad_at = _chunk_ends(np.frombuffer(packets, np.uint8), frame_size)
+    ends, _records, bad_at = _loops.chunk_ends(np.frombuffer(packets, np.uint8), frame_size)
     if bad_at >= 0:
         raise PcapFormatError("truncated", f"record at byte {bad_at} runs past the end ({len(packets)} bytes)")
     view = memoryview(packets)
@@ -77,19 +47,6 @@ def frame_payloads(packets: bytes, frame_size: int) -> list[memoryview]:
     return out
 
 
-@njit(cache=True, nogil=True)
-def _scale_fracs(buf: np.ndarray, to_nsec: bool) -> None:  # pragma: no cover - jitted
-    n = buf.shape[0]
-    pos = 0
-    while pos + 16 <= n:
-        frac = buf[pos + 4] | (buf[pos + 5] << 8) | (buf[pos + 6] << 16) | (np.int64(buf[pos + 7]) << 24)
-        frac = frac * 1000 if to_nsec else frac // 1000
-        for i in range(4):
-            buf[pos + 4 + i] = (frac >> (8 * i)) & 0xFF
-        caplen = buf[pos + 8] | (buf[pos + 9] << 8) | (buf[pos + 10] << 16) | (np.int64(buf[pos + 11]) << 24)
-        pos += 16 + caplen
-
-
 def convert_precision(packets: bytes, from_nsec: bool, to_nsec: bool) -> bytes:
     """Rewrite the sub-second field of every record from one unit to the other.
 
@@ -99,7 +56,7 @@ def convert_precision(packets: bytes, from_nsec: bool, to_nsec: bool) -> bytes:
     if from_nsec == to_nsec:
         return packets
     buf = np.frombuffer(bytearray(packets), np.uint8)
-    _scale_fracs(buf, to_nsec)
+    _loops.scale_fracs(buf, to_nsec)
     return buf.tobytes()
 
 

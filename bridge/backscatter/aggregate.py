@@ -34,7 +34,7 @@ every ``update_interval_s`` (processing time when ticks give a clock, else event
 time), ``final`` when it ends. The newest event per attack id is the truth.
 
 Layout, chosen for speed and bounded memory:
-- every tracked vector is a row of numpy columns, updated by one numba loop per
+- every tracked vector is a row of numpy columns, updated by one compiled loop per
   batch; a dict maps (victim, protocol) to rows; a full table evicts the vectors
   seen least recently (undeclared ones first) and counts them;
 - vectors with two or more packets also get a Python detail record (exact
@@ -56,11 +56,14 @@ from itertools import repeat
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from numba import njit
 
-from bridge.backscatter.classify import CLASS_NAMES, FIRST_BACKSCATTER, PROTOCOL_NAMES, Classified, class_counts, classify
+from bridge.backscatter.classes import CLASS_NAMES, FIRST_BACKSCATTER, PROTOCOL_NAMES
+from bridge.backscatter.classify import Classified, class_counts, classify
 from bridge.backscatter.telescope import Telescopes
+from bridge.compiled import kernels
 from bridge.pcap import pack_record
+
+_loops = kernels("backscatter")
 
 _NS = 1_000_000_000
 _BS_CLASSES = len(CLASS_NAMES) - FIRST_BACKSCATTER
@@ -166,98 +169,6 @@ class Stats:
     events: dict[str, int] = field(default_factory=lambda: {"declared": 0, "update": 0, "final": 0})
 
 
-@njit(cache=True, nogil=True)
-def _dedup(digest, ts, sensor, table_h, table_t, table_s, horizon, window_ns):  # pragma: no cover - jitted
-    """Mark copies: the same packet from another sensor within window_ns, or a replay (same sensor, same time).
-
-    A SYN-ACK retransmission (same bytes, same sensor, later time) is not a copy.
-    Entries older than ``horizon`` may be reused (the slowest active sensor is
-    past them, so no copy can still come); a full probe run overwrites its oldest.
-    """
-    n = digest.shape[0]
-    mask = table_h.shape[0] - 1
-    dup = np.zeros(n, np.bool_)
-    overflow = 0
-    for i in range(n):
-        h = digest[i]
-        if h == 0:
-            h = np.uint64(1)  # 0 marks an empty slot
-        t = ts[i]
-        s = sensor[i]
-        slot = np.int64(h & np.uint64(mask))
-        free = -1
-        oldest = slot
-        for _ in range(16):
-            th = table_h[slot]
-            if th == 0:
-                if free < 0:
-                    free = slot
-                break
-            if th == h:
-                dt = abs(table_t[slot] - t)
-                if (table_s[slot] != s and dt <= window_ns) or (table_s[slot] == s and dt == 0):
-                    dup[i] = True
-                    break
-            if free < 0 and table_t[slot] < horizon:
-                free = slot
-            if table_t[slot] < table_t[oldest]:
-                oldest = slot
-            slot = (slot + 1) & mask
-        if not dup[i]:
-            if free < 0:
-                free = oldest
-                overflow += 1
-            table_h[free] = h
-            table_t[free] = t
-            table_s[free] = s
-    return dup, overflow
-
-
-@njit(cache=True, nogil=True)
-def _update(rows, ts, ip_len, mismatch, cls, tele, port, spoofed, site, sensor, bucket_ns, packets, nbytes,
-            first, last, mism, ring, head, max_ppm, classes, tele0, port0, spoofed0, site0, sensor0):  # pragma: no cover
-    nb = ring.shape[1]
-    for i in range(rows.shape[0]):
-        r = rows[i]
-        t = ts[i]
-        b = t // bucket_ns
-        if packets[r] == 0:
-            first[r] = t
-            last[r] = t
-            head[r] = b
-            for k in range(nb):
-                ring[r, k] = 0
-            tele0[r] = tele[i]
-            port0[r] = port[i]
-            spoofed0[r] = spoofed[i]
-            site0[r] = site
-            sensor0[r] = sensor
-        else:
-            if t < first[r]:
-                first[r] = t
-            if t > last[r]:
-                last[r] = t
-        packets[r] += 1
-        nbytes[r] += ip_len[i]
-        if mismatch[i]:
-            mism[r] += 1
-        classes[r, cls[i] - 7] += 1
-        if b > head[r]:
-            steps = b - head[r]
-            if steps >= nb:
-                for k in range(nb):
-                    ring[r, k] = 0
-            else:
-                for s in range(1, steps + 1):
-                    ring[r, (head[r] + s) % nb] = 0
-            head[r] = b
-        if b > head[r] - nb:
-            ring[r, b % nb] += 1
-            total = 0
-            for k in range(nb):
-                total += ring[r, k]
-            if total > max_ppm[r]:
-                max_ppm[r] = total
 
 
 _COLUMNS = {  # name: (dtype, extra shape)
@@ -337,7 +248,7 @@ class Aggregator:
             src.max_ts = max(src.max_ts, int(cols.ts_ns.max()))
         idx = np.nonzero(keep)[0]
         if idx.size:
-            dup, overflow = _dedup(cols.digest[idx], cols.ts_ns[idx], np.full(idx.size, source, np.int32),
+            dup, overflow = _loops.dedup(cols.digest[idx], cols.ts_ns[idx], np.full(idx.size, source, np.int32),
                                    self.dedup_h, self.dedup_t, self.dedup_s, self._dedup_horizon,
                                    int(cfg.dedup_window_s * _NS))
             self.stats.duplicates += int(np.count_nonzero(dup))
@@ -483,7 +394,7 @@ class Aggregator:
             c["nsensors"][taken] = 1
             self.index.update(zip(uniq[new].tolist(), taken))
         before = c["packets"][rows].copy()
-        _update(rows[inverse], cols.ts_ns[idx], cols.ip_len[idx], cols.mismatch[idx], cols.cls[idx],
+        _loops.update_vectors(rows[inverse], cols.ts_ns[idx], cols.ip_len[idx], cols.mismatch[idx], cols.cls[idx],
                 cols.telescope[idx], cols.port[idx], cols.spoofed_port[idx],
                 self._site_index(site), self._sensor_index(sensor),
                 int(self.config.bucket_s * _NS), c["packets"], c["bytes"], c["first"], c["last"], c["mism"],
@@ -737,7 +648,7 @@ class Aggregator:
             for pos, ports, sites, sensors in meta["details"]:
                 agg.details[pos] = _Detail(set(z[f"addr_{pos}"].tolist()), set(ports), sites, sensors)
             order = np.argsort(z["dedup_t"], kind="stable")  # re-insert oldest first, as they came
-            _dedup(z["dedup_h"][order], z["dedup_t"][order], z["dedup_s"][order], agg.dedup_h, agg.dedup_t,
+            _loops.dedup(z["dedup_h"][order], z["dedup_t"][order], z["dedup_s"][order], agg.dedup_h, agg.dedup_t,
                    agg.dedup_s, _NEVER, -1)
         agg.sites, agg.sensors = meta["sites"], meta["sensors"]
         agg.sources = [Source(**s) for s in meta["sources"]]

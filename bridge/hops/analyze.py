@@ -60,7 +60,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from bridge import kafka, metrics, records
 from bridge.backscatter.aggregate import PROFILES, Aggregator, DetectorConfig, Stats, activity_spans, merge_spans, warm_up
-from bridge.backscatter.classify import CLASS_NAMES, class_counts, classify, select_records
+from bridge.backscatter.classes import CLASS_NAMES
+from bridge.backscatter.classify import class_counts, classify, select_records
 from bridge.backscatter.telescope import Telescopes
 from bridge.config import Config
 from bridge.d4.site_meta import parse_site_announcement

@@ -41,6 +41,6 @@ def run(cfg: Config) -> int:
     from bridge.sanitize import kernels
 
     if not kernels.AOT:
-        print("note: compiled loops came from the JIT (about 1 s of start-up); `python -m bridge.sanitize.aot` "
+        print("note: compiled loops came from the JIT (about 1 s of start-up); `python -m bridge.aot` "
               "builds them ahead of time", file=sys.stderr)
     return 0

@@ -1,14 +1,17 @@
-"""Each kernel module's ``warm_up`` compiles exactly what a hop's first records need.
+"""Under the JIT, each kernel module's ``warm_up`` compiles exactly what a hop's first records need.
 
 numba specialises on argument types (a read-only ``bytes`` buffer is another type than a
 ``bytearray``): a warm-up that misses the hop's types leaves the first records to pay a second
 or more of loading, which the chain benchmark showed as a 3.6 s stall at egress. The check runs
-in a fresh interpreter, so other tests' calls cannot have compiled the hop's types already.
+in a fresh interpreter, so other tests' calls cannot have compiled the hop's types already, with
+the JIT forced (the ahead-of-time build has one signature per loop: test_compiled.py checks that
+the hops' buffers fit it).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -21,9 +24,10 @@ CHECK = textwrap.dedent("""
     from bridge.pcap import global_header, pack_record
 
     kernels = {
-        "assembler": [assembler._walk],
-        "egress_framing": [egress_framing._chunk_ends, egress_framing._scale_fracs],
-        "analyze": [classify._count_records, classify._classify, aggregate._dedup, aggregate._update],
+        "assembler": [assembler._loops.walk_records],
+        "egress_framing": [egress_framing._loops.chunk_ends, egress_framing._loops.scale_fracs],
+        "analyze": [classify._loops.count_records, classify._loops.classify_records, aggregate._loops.dedup,
+                    aggregate._loops.update_vectors],
     }
     def signatures():
         return {name: [len(k.signatures) for k in ks] for name, ks in kernels.items()}
@@ -46,7 +50,8 @@ CHECK = textwrap.dedent("""
 
 
 def test_warm_up_compiles_what_the_hops_call() -> None:
-    out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, D4_JIT="1"))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["payloads"] > 1

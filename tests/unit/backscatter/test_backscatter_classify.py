@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bridge import traffic as T
-from bridge.backscatter.classify import CLASS_NAMES, classify, select_records
+from bridge.backscatter.classes import CLASS_NAMES
+from bridge.backscatter.classify import classify, select_records
 from bridge.pcap import pack_record
 
 TELE = "10.1.2.3"

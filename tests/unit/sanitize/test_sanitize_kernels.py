@@ -13,7 +13,7 @@ JIT = {"scan": walk.scan, "apply": walk.apply, "record_offsets": walk.record_off
        "cache_lookup": remap.cache_lookup, "cache_insert": remap.cache_insert}
 
 
-@pytest.mark.skipif(not kernels.AOT, reason="ahead-of-time kernels not built (python -m bridge.sanitize.aot)")
+@pytest.mark.skipif(not kernels.AOT, reason="ahead-of-time loops not built (python -m bridge.aot)")
 @pytest.mark.parametrize("flags", [{"pnat": PNAT}, {"pnat": PNAT, "mac": "zero", "on_unparseable": "cut", "payload": "cut:8"},
                                    {"srcipmap": "10.0.0.0/8:44.0.0.0/8", "dstipmap": "192.168.0.0/16:46.1.0.0/16"}])
 def test_aot_and_jit_agree(monkeypatch, flags):
@@ -28,15 +28,3 @@ def test_aot_and_jit_agree(monkeypatch, flags):
                         for r in [s.sanitize_batch(lt, records([c for c in corpus if c.linktype == lt]))]])
     assert outputs[0] == outputs[1]
     assert engine.kernels is kernels
-
-
-def test_stale_or_forced_off_build_is_ignored(monkeypatch, tmp_path):
-    stale = tmp_path / "_kernels.sha256"
-    stale.write_text("0" * 64)
-    monkeypatch.setattr(kernels, "HASH_FILE", stale)
-    assert kernels._load_aot() is None
-    monkeypatch.setattr(kernels, "HASH_FILE", tmp_path / "missing")
-    assert kernels._load_aot() is None
-    monkeypatch.setenv("D4_SANITIZE_JIT", "1")
-    assert kernels._load_aot() is None
-    assert len(kernels.source_hash()) == 64

@@ -8,7 +8,8 @@ import dpkt
 import pytest
 from sanitize_corpus import PNAT, Case, a4, csum, eth, icmp, ipv4, records, tcp
 
-from bridge.backscatter.classify import CLASS_NAMES, classify
+from bridge.backscatter.classes import CLASS_NAMES
+from bridge.backscatter.classify import classify
 from bridge.pcap import iter_packets
 from bridge.sanitize import Sanitizer, policy_from_flags
 
